@@ -1,0 +1,9 @@
+"""CLI commands: serve, sync-now."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this module's commands to app."""

@@ -1,0 +1,1 @@
+"""Connectors: one module per vendor, yielding core record types (pull) or writing diffs (push)."""
