@@ -2,20 +2,62 @@
 
 Secrets are ``SecretStr``; every section may be overridden from the environment with
 ``LTVSYNC_<SECTION>__<KEY>`` (e.g. ``LTVSYNC_SALESFORCE__SESSION_ID``).  Loading, error
-reporting and the annotated example live in ``ltvsync.config.loader``.
+reporting and the annotated example live in ``ltvsync.config.loader``; ``masked_dump`` here is
+the one way to show a ``Settings`` with its secrets hidden.
+
+These models are plain pydantic models, not ``BaseSettings``: ``Settings()`` gives the defaults
+and never reads the environment, so only the loader (and the CLI) look at ``os.environ``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import re
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+
+# What a set secret looks like in any output; unset secrets show as null.
+SECRET_MASK = "********"
+ENV_PREFIX = "LTVSYNC_"
+ENV_NESTED_DELIMITER = "__"
+# Plain-string settings whose value is itself a credential (a Slack/Teams webhook URL is one).
+SENSITIVE_STRING_KEYS = frozenset({"alert_webhook"})
+# The password in ``scheme://user:password@host`` (a Postgres store URL, a proxy URL).
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)([^@/\s]+)(@)")
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def env_var_name(*key: str) -> str:
+    """The variable overriding a key: ``("mixpanel", "api_secret")`` → ``LTVSYNC_MIXPANEL__API_SECRET``."""
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in key)
+
+
+def mask_text(text: str) -> str:
+    """``text`` with any URL password replaced by ``SECRET_MASK``."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + SECRET_MASK + m.group(3), text)
+
+
+def is_secret_annotation(annotation: object) -> bool:
+    """True for ``SecretStr`` and ``SecretStr | None``."""
+    return annotation is SecretStr or SecretStr in get_args(annotation)
 
 
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, so typos are caught."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # The annotated example leaves secrets as "" and an exported-but-empty environment
+        # variable is common; both mean "not set", so the credential checks see None.
+        if value == "" and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and is_secret_annotation(field.annotation):
+                return None
+        return value
 
 
 class StoreSettings(Section):
@@ -173,6 +215,20 @@ class ScheduleSettings(Section):
     full_refresh_cron: str = "0 3 * * 1"
     misfire_grace_seconds: int = 300
 
+    @field_validator("cron", "full_refresh_cron")
+    @classmethod
+    def _valid_crontab(cls, value: str | None) -> str | None:
+        # Parsed here with the scheduler's own parser so a bad expression fails at start-up,
+        # not hours later when the daemon builds its triggers.
+        if value:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"a crontab expression 'min hour day month weekday' ({exc})") from None
+        return value
+
 
 class ServerSettings(Section):
     host: str = "127.0.0.1"
@@ -194,3 +250,139 @@ class Settings(Section):
     tags: TagSettings = Field(default_factory=TagSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+
+def masked_dump(settings: BaseModel) -> dict[str, Any]:
+    """``settings`` as plain JSON-able data with every set secret replaced by ``SECRET_MASK``."""
+    return {name: _masked(getattr(settings, name)) for name in type(settings).model_fields}
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    if isinstance(value, SecretStr):
+        return SECRET_MASK if value.get_secret_value() else None
+    if isinstance(value, BaseModel):
+        return {name: _masked(getattr(value, name), name) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): _masked(item) for k, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    if isinstance(value, str):
+        return SECRET_MASK if (key in SENSITIVE_STRING_KEYS and value) else mask_text(value)
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """True when binding ``host`` exposes the server to this machine only."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def missing_requirements(settings: Settings) -> list[str]:
+    """What an enabled section still lacks, each naming the key and the variable that supplies it.
+
+    Kept out of the model validators so that ``Settings.model_validate`` stays usable for partial
+    configurations (tests, the sandbox); the loader calls it before anything starts.
+    """
+    return [
+        *_salesforce_missing(settings.salesforce),
+        *_mixpanel_missing(settings.mixpanel),
+        *_zendesk_missing(settings.zendesk),
+        *_airtable_missing(settings.airtable),
+        *_server_missing(settings.server),
+    ]
+
+
+def _needs(section: str, key: str, why: str) -> str:
+    return f"{section}.{key} is required {why}; set it in the file or via {env_var_name(section, key)}"
+
+
+def _salesforce_missing(sf: SalesforceSettings) -> list[str]:
+    if not sf.enabled:
+        return []
+    why = "when salesforce.enabled = true"
+    problems: list[str] = []
+    if sf.session_id is not None:
+        if not sf.instance_url:
+            problems.append(_needs("salesforce", "instance_url", "with salesforce.session_id"))
+    elif sf.username is not None:
+        if sf.password is None:
+            problems.append(_needs("salesforce", "password", "with salesforce.username"))
+        if (sf.consumer_key is None) != (sf.consumer_secret is None):
+            lacking = "consumer_secret" if sf.consumer_secret is None else "consumer_key"
+            problems.append(_needs("salesforce", lacking, "for the OAuth username-password flow"))
+    elif sf.consumer_key is not None or sf.consumer_secret is not None:
+        if sf.consumer_secret is None:
+            problems.append(_needs("salesforce", "consumer_secret", "with salesforce.consumer_key"))
+        if sf.consumer_key is None:
+            problems.append(_needs("salesforce", "consumer_key", "with salesforce.consumer_secret"))
+        if sf.domain in ("login", "test"):
+            # The client-credentials flow only works against a My Domain host.
+            problems.append(
+                "salesforce.domain must be your My Domain (e.g. 'acme.my'), not "
+                f"'{sf.domain}', for the client-credentials flow; set it in the file or via "
+                f"{env_var_name('salesforce', 'domain')}"
+            )
+    else:
+        problems.append(
+            f"salesforce has no credentials {why}: set salesforce.session_id "
+            f"({env_var_name('salesforce', 'session_id')}) with salesforce.instance_url, or "
+            f"salesforce.username + salesforce.password ({env_var_name('salesforce', 'password')}) "
+            f"[+ security_token ({env_var_name('salesforce', 'security_token')})], or "
+            f"salesforce.consumer_key + salesforce.consumer_secret "
+            f"({env_var_name('salesforce', 'consumer_secret')})"
+        )
+    return problems
+
+
+def _mixpanel_missing(mp: MixpanelSettings) -> list[str]:
+    if mp.enabled and mp.api_secret is None:
+        return [_needs("mixpanel", "api_secret", "when mixpanel.enabled = true")]
+    return []
+
+
+def _zendesk_missing(zd: ZendeskSettings) -> list[str]:
+    if not zd.enabled:
+        return []
+    problems: list[str] = []
+    if not zd.subdomain and not zd.base_url:
+        problems.append(
+            "zendesk.subdomain (or zendesk.base_url) is required when zendesk.enabled = true; "
+            f"set it in the file or via {env_var_name('zendesk', 'subdomain')}"
+        )
+    if zd.oauth_token is None:
+        if zd.email is not None and zd.api_token is None:
+            problems.append(_needs("zendesk", "api_token", "with zendesk.email"))
+        elif zd.email is None and zd.api_token is not None:
+            problems.append(_needs("zendesk", "email", "with zendesk.api_token"))
+        elif zd.email is None:
+            problems.append(
+                "zendesk has no credentials when zendesk.enabled = true: set zendesk.email + "
+                f"zendesk.api_token ({env_var_name('zendesk', 'email')}, "
+                f"{env_var_name('zendesk', 'api_token')}) or zendesk.oauth_token "
+                f"({env_var_name('zendesk', 'oauth_token')})"
+            )
+    return problems
+
+
+def _airtable_missing(at: AirtableSettings) -> list[str]:
+    if not at.enabled:
+        return []
+    why = "when airtable.enabled = true"
+    problems: list[str] = []
+    if at.api_key is None:
+        problems.append(_needs("airtable", "api_key", why))
+    for key in ("base_id", "table", "key_field"):
+        if not getattr(at, key):
+            problems.append(_needs("airtable", key, why))
+    return problems
+
+
+def _server_missing(server: ServerSettings) -> list[str]:
+    if server.token is None and not is_loopback(server.host):
+        why = f"when server.host ({server.host!r}) is not a loopback address"
+        return [_needs("server", "token", why)]
+    return []
