@@ -26,10 +26,12 @@ import requests
 
 from ltvsync.config.settings import SalesforceSettings
 from ltvsync.connectors.base import StreamSpec
+from ltvsync.connectors.salesforce_bulk import bulk_query
 from ltvsync.connectors.salesforce_client import SalesforceClient
 from ltvsync.connectors.salesforce_soql import (
     Clause,
     Keyset,
+    count_soql,
     parse_filter,
     parse_sf_datetime,
     require_fields,
@@ -67,6 +69,7 @@ class _StreamPlan:
     object_name: str
     fields: tuple[str, ...]
     row_filter: tuple[Clause, ...]
+    described: Mapping[str, Mapping[str, Any]]
 
 
 class SalesforceSource:
@@ -84,8 +87,10 @@ class SalesforceSource:
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         client: SalesforceClient | None = None,
+        bulk_poll_seconds: float = 5.0,
     ) -> None:
         self.settings = settings
+        self.bulk_poll_seconds = bulk_poll_seconds
         self.base_currency = base_currency
         self.known_currencies = known_currencies
         self.fields = fields or SalesforceFieldMap()
@@ -129,7 +134,7 @@ class SalesforceSource:
             # Current values of the push fields, so the core can tell a human edit from ours.
             wanted += [api for api in s.push_fields.values() if api in described]
         spec = next(sp for sp in self.streams() if sp.name == stream)
-        plan = _StreamPlan(spec, object_name, tuple(dict.fromkeys(wanted)), row_filter)
+        plan = _StreamPlan(spec, object_name, tuple(dict.fromkeys(wanted)), row_filter, described)
         self._plans[stream] = plan
         return plan
 
@@ -138,9 +143,12 @@ class SalesforceSource:
         """Yield one page per Salesforce page, each with the cursor after its last row."""
         plan = self._plan(stream)
         position = Keyset.decode(cursor)
-        soql = select_soql(plan.object_name, plan.fields, position.modstamp if position else None)
         self.client.check_budget(self.settings.push_budget_reserve)
         before = self.client.requests_made
+        if position is None and self._wants_backfill(plan):
+            yield from self._backfill(plan, before)
+            return
+        soql = select_soql(plan.object_name, plan.fields, position.modstamp if position else None)
         result = self.client.query_page(soql, include_deleted=True)
         while True:
             records, rejections, position = self._convert(plan, result.get("records") or [], position)
@@ -152,9 +160,34 @@ class SalesforceSource:
             self.client.check_budget(self.settings.push_budget_reserve)
             result = self.client.query_next(str(next_url))
 
+    def _wants_backfill(self, plan: _StreamPlan) -> bool:
+        """First load of a big object: one ``COUNT()`` decides between REST paging and Bulk 2.0."""
+        threshold = self.settings.bulk_backfill_threshold
+        if threshold <= 0:
+            return False
+        counted = self.client.query_page(count_soql(plan.object_name))
+        total = counted.get("totalSize")
+        return isinstance(total, int) and total > threshold
+
+    def _backfill(self, plan: _StreamPlan, before: int) -> Iterator[Page]:
+        """A Bulk 2.0 query job: unsorted, so pages carry no cursor until the final, empty one."""
+        soql = select_soql(plan.object_name, plan.fields, None, ordered=False)
+        latest: Keyset | None = None
+        for rows in bulk_query(
+            self.client, plan.object_name, soql, plan.described, wait=self.bulk_poll_seconds
+        ):
+            records, rejections, seen = self._convert(plan, rows, None)
+            latest = max(filter(None, (latest, seen)), default=None)
+            calls, before = self.client.requests_made - before, self.client.requests_made
+            yield Page(records, None, rejections, api_calls=calls)
+        calls = self.client.requests_made - before
+        yield Page((), latest.encode() if latest else None, (), api_calls=calls)
+
     def _convert(
-        self, plan: _StreamPlan, rows: Sequence[Any], position: Keyset | None
+        self, plan: _StreamPlan, rows: Sequence[Any], after: Keyset | None
     ) -> tuple[list[Record], list[Rejection], Keyset | None]:
+        """Rows → records/rejections, dropping rows at or before ``after``; returns the max key seen."""
+        position = after
         records: list[Record] = []
         rejections: list[Rejection] = []
         for row in rows:
@@ -169,9 +202,10 @@ class SalesforceSource:
                 rejections.append(self._reject(plan, row, "missing or unparseable SystemModstamp"))
                 continue
             key = Keyset(modstamp, record_id)
-            if position is not None and key <= position:
+            if after is not None and key <= after:
                 continue  # read before: the inclusive lower bound re-reads the boundary rows
-            position = key
+            # max(), not the last row: the cursor never goes backwards, even on unsorted input.
+            position = key if position is None or key > position else position
             entity = plan.spec.entity
             if row.get("IsDeleted") is True or not all(c.matches(row) for c in plan.row_filter):
                 # Deleted, or no longer matching the filter (an opportunity that is no longer won).
