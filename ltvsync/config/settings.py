@@ -218,13 +218,14 @@ class ScheduleSettings(Section):
     @field_validator("cron", "full_refresh_cron")
     @classmethod
     def _valid_crontab(cls, value: str | None) -> str | None:
-        # Parsed here with the scheduler's own parser so a bad expression fails at start-up,
-        # not hours later when the daemon builds its triggers.
+        # Parsed with the scheduler's own parser (crontab weekday numbering, Sunday = 0 or 7) so
+        # a bad expression fails at start-up, not when the daemon builds its triggers.  Imported
+        # lazily: the scheduler imports these models.
         if value:
-            from apscheduler.triggers.cron import CronTrigger
+            from ltvsync.scheduler import crontab_trigger
 
             try:
-                CronTrigger.from_crontab(value, timezone="UTC")
+                crontab_trigger(value)
             except ValueError as exc:
                 raise ValueError(f"a crontab expression 'min hour day month weekday' ({exc})") from None
         return value
