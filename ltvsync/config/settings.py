@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
@@ -47,6 +48,14 @@ class Section(BaseModel):
     """Base of every section: unknown keys are errors, so typos are caught."""
 
     model_config = ConfigDict(extra="forbid")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # SecretStr already hides itself; also hide credentials inside plain strings (a store URL
+        # with a password, a webhook URL) so printing or logging a Settings never leaks them.
+        for name, value in super().__repr_args__():
+            if isinstance(value, str):
+                value = SECRET_MASK if (name in SENSITIVE_STRING_KEYS and value) else mask_text(value)
+            yield name, value
 
     @field_validator("*", mode="before")
     @classmethod
