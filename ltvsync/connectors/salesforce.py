@@ -141,10 +141,10 @@ class SalesforceSource:
     # -- reading -------------------------------------------------------------------------------
     def read(self, stream: str, cursor: str | None) -> Iterator[Page]:
         """Yield one page per Salesforce page, each with the cursor after its last row."""
+        before = self.client.requests_made  # describe (first read only) counts toward page one
         plan = self._plan(stream)
         position = Keyset.decode(cursor)
         self.client.check_budget(self.settings.push_budget_reserve)
-        before = self.client.requests_made
         if position is None and self._wants_backfill(plan):
             yield from self._backfill(plan, before)
             return

@@ -303,6 +303,8 @@ class SalesforceClient:
         sf = self.sf
         try:
             result = self.call(lambda: sf.restful(f"sobjects/{object_name}/describe"), what="describe")
+        except AuthError:
+            raise
         except ConfigError as exc:
             raise ConfigError(f"Salesforce object {object_name!r} cannot be described: {exc}") from None
         fields = result.get("fields", []) if isinstance(result, dict) else []
