@@ -94,7 +94,7 @@ def test_25_records_make_3_requests_with_upsert_body() -> None:
     assert dest.api_calls() == 3
     assert [r.customer_id for r in results] == list(range(25)) and all(r.ok for r in results)
     assert results[0].message == "created rec0" and results[1].message == "updated rec1"
-    first = json.loads(responses.calls[0].request.body)
+    first = json.loads(responses.calls[0].request.body or b"")
     assert first["performUpsert"] == {"fieldsToMergeOn": ["Email"]}
     assert first["typecast"] is True
     assert len(first["records"]) == 10
@@ -144,7 +144,7 @@ def test_missing_key_is_reported_and_not_sent() -> None:
         (2, False, "MISSING_KEY"),
         (3, True, None),
     ]
-    sent = json.loads(responses.calls[0].request.body)["records"]
+    sent = json.loads(responses.calls[0].request.body or b"")["records"]
     assert [r["fields"]["Email"] for r in sent] == ["c1@example.com", "c3@example.com"]
 
 

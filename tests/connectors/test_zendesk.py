@@ -55,7 +55,7 @@ def ticket(tid: int, updated: str, status: str = "open", **extra: Any) -> dict[s
     }
 
 
-def envelope(items: list[dict[str, Any]], cursor: str, end: bool, key: str = "tickets") -> dict[str, Any]:
+def envelope(items: list[Any], cursor: str, end: bool, key: str = "tickets") -> dict[str, Any]:
     return {
         key: items,
         "after_cursor": cursor,
