@@ -1,0 +1,393 @@
+"""Read-only queries behind the status page, the HTTP API and ``/metrics``.
+
+Plain SELECTs over the store's tables (``ltvsync.core.models``) through SQLAlchemy Core, so the
+same code runs on SQLite and Postgres; month bucketing is the one dialect-specific expression.
+Tables that later migrations add (tag history) are looked up at query time and their absence is
+not an error: the answer falls back to what ``customer_metrics`` holds now.
+
+Relies on the SQLAlchemy 2.x Core tutorial (select, func, group_by) and on the SQLite
+``strftime`` / PostgreSQL ``to_char`` date formatting functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, MetaData, Table, and_, func, inspect, select
+from sqlalchemy.engine import Engine, RowMapping
+
+from ltvsync.core.models import TABLES
+
+DEFAULT_HISTOGRAM_BINS = 20
+MAX_HISTOGRAM_BINS = 200
+# Bins span [0, this quantile]; the rest goes to an overflow bin so one whale can't flatten the chart.
+HISTOGRAM_TOP_QUANTILE = 0.99
+MAX_COHORTS = 24
+TAG_HISTORY_TABLE = "tag_history"
+
+
+@dataclass(frozen=True)
+class RunView:
+    id: int
+    trigger: str
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    counts: Any
+    report: Any
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StreamLag:
+    connector: str
+    stream: str
+    cursor: str | None
+    updated_at: datetime | None
+    # Now minus the cursor's own timestamp when the cursor holds one, else minus updated_at.
+    lag_seconds: float | None
+    lag_basis: str
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    id: int
+    email: str | None
+    name: str | None
+    customer_since: datetime | None
+    first_purchase_at: datetime | None
+    metrics: dict[str, Any] | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    low: float
+    high: float
+    count: int
+
+
+@dataclass(frozen=True)
+class LtvHistogram:
+    total: int
+    bins: tuple[HistogramBin, ...]
+    # Customers above the last bin's upper edge.
+    overflow: int
+    overflow_max: float | None
+
+
+@dataclass(frozen=True)
+class TagPoint:
+    day: date
+    count: int
+
+
+@dataclass(frozen=True)
+class TagSeries:
+    tag: str
+    points: tuple[TagPoint, ...]
+
+
+@dataclass(frozen=True)
+class CohortRow:
+    cohort: str
+    size: int
+    # retention[k]: share of the cohort that purchased in month cohort + k.
+    retention: tuple[float, ...]
+    avg_ltv: float | None
+    revenue_per_customer: float | None
+
+
+@dataclass(frozen=True)
+class CohortMatrix:
+    period: str
+    rows: tuple[CohortRow, ...]
+
+
+def parse_tags(raw: str | None) -> tuple[str, ...]:
+    """Tags as stored in ``customer_metrics.tags``: a JSON list or a comma-separated string."""
+    if not raw:
+        return ()
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            loaded = None
+        if isinstance(loaded, list):
+            return tuple(str(tag) for tag in loaded if str(tag).strip())
+    return tuple(part.strip() for part in text.replace(";", ",").split(",") if part.strip())
+
+
+def cursor_time(cursor: str | None) -> datetime | None:
+    """The timestamp a cursor holds, if any: ISO text, epoch seconds, or a JSON object containing one."""
+    if not cursor:
+        return None
+    text = cursor.strip()
+    if text.startswith("{"):
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            return None
+        if isinstance(loaded, dict):
+            for value in loaded.values():
+                found = cursor_time(str(value)) if isinstance(value, str | int | float) else None
+                if found is not None:
+                    return found
+        return None
+    if text.isdigit() and len(text) in (10, 13):
+        seconds = int(text) / (1000 if len(text) == 13 else 1)
+        return datetime.fromtimestamp(seconds, UTC)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class SqlStatusQueries:
+    """``StatusQueries`` over a store's engine.  Read-only; never creates or alters tables."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] | None = None) -> None:
+        self._engine = engine
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # -- runs -----------------------------------------------------------------------------------
+    def runs(self, limit: int = 20) -> list[RunView]:
+        run = TABLES["sync_run"]
+        if not self._has(run.name):
+            return []
+        query = select(run).order_by(run.c.id.desc()).limit(max(1, limit))
+        with self._engine.connect() as conn:
+            return [_run_view(row._mapping) for row in conn.execute(query)]
+
+    def run(self, run_id: int) -> RunView | None:
+        run = TABLES["sync_run"]
+        if not self._has(run.name):
+            return None
+        with self._engine.connect() as conn:
+            row = conn.execute(select(run).where(run.c.id == run_id)).first()
+        return _run_view(row._mapping) if row is not None else None
+
+    def run_counts(self) -> dict[str, int]:
+        run = TABLES["sync_run"]
+        if not self._has(run.name):
+            return {}
+        query = select(run.c.status, func.count()).group_by(run.c.status)
+        with self._engine.connect() as conn:
+            return {str(status): int(count) for status, count in conn.execute(query)}
+
+    # -- cursors --------------------------------------------------------------------------------
+    def stream_lag(self) -> list[StreamLag]:
+        state = TABLES["sync_state"]
+        if not self._has(state.name):
+            return []
+        now = self._clock()
+        query = select(state.c.connector, state.c.stream, state.c.cursor, state.c.updated_at).order_by(
+            state.c.connector, state.c.stream
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        result = []
+        for connector, stream, cursor, updated_at in rows:
+            at, basis = cursor_time(cursor), "cursor"
+            if at is None:
+                at, basis = updated_at, "updated_at"
+            lag = max(0.0, (now - at).total_seconds()) if at is not None else None
+            result.append(StreamLag(connector, stream, cursor, updated_at, lag, basis))
+        return result
+
+    # -- customers ------------------------------------------------------------------------------
+    def customer(self, email: str) -> CustomerView | None:
+        customer, metrics = TABLES["customer"], TABLES["customer_metrics"]
+        if not self._has(customer.name):
+            return None
+        query = (
+            select(customer)
+            .where(func.lower(customer.c.email) == email.strip().lower())
+            .where(customer.c.merged_into.is_(None))
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            found = row._mapping
+            metric_row = None
+            if self._has(metrics.name):
+                metric_row = conn.execute(select(metrics).where(metrics.c.customer_id == found["id"])).first()
+        values = dict(metric_row._mapping) if metric_row is not None else None
+        tags = parse_tags(values.pop("tags", None)) if values is not None else ()
+        return CustomerView(
+            id=int(found["id"]),
+            email=found["email"],
+            name=found["name"],
+            customer_since=found["customer_since"],
+            first_purchase_at=found["first_purchase_at"],
+            metrics=values,
+            tags=tags,
+        )
+
+    # -- charts ---------------------------------------------------------------------------------
+    def ltv_distribution(self, bins: int = DEFAULT_HISTOGRAM_BINS) -> LtvHistogram:
+        metrics = TABLES["customer_metrics"]
+        if not self._has(metrics.name):
+            return LtvHistogram(0, (), 0, None)
+        ltv = func.coalesce(metrics.c.ltv_predicted, metrics.c.ltv_simple)
+        with self._engine.connect() as conn:
+            values = [float(v) for (v,) in conn.execute(select(ltv).where(ltv.is_not(None)))]
+        return histogram(values, bins)
+
+    def tag_counts(self) -> list[TagSeries]:
+        if self._has(TAG_HISTORY_TABLE):
+            series = self._tag_history()
+            if series is not None:
+                return series
+        metrics = TABLES["customer_metrics"]
+        if not self._has(metrics.name):
+            return []
+        counts: dict[tuple[str, date], int] = {}
+        with self._engine.connect() as conn:
+            for tags, as_of in conn.execute(select(metrics.c.tags, metrics.c.as_of)):
+                for tag in parse_tags(tags):
+                    key = (tag, as_of.date())
+                    counts[key] = counts.get(key, 0) + 1
+        return _series(counts.items())
+
+    def cohorts(self, max_cohorts: int = MAX_COHORTS) -> CohortMatrix:
+        customer, purchase, metrics = TABLES["customer"], TABLES["purchase"], TABLES["customer_metrics"]
+        if not self._has(customer.name):
+            return CohortMatrix("month", ())
+        start = func.coalesce(customer.c.customer_since, customer.c.first_purchase_at)
+        cohort = self._month(start).label("cohort")
+        live = and_(customer.c.merged_into.is_(None), start.is_not(None))
+        sizes: dict[str, int] = {}
+        active: dict[str, dict[str, int]] = {}
+        revenue: dict[str, float] = {}
+        ltv: dict[str, float | None] = {}
+        with self._engine.connect() as conn:
+            for key, size in conn.execute(select(cohort, func.count()).where(live).group_by(cohort)):
+                sizes[str(key)] = int(size)
+            if self._has(purchase.name):
+                month = self._month(purchase.c.purchased_at).label("month")
+                joined = customer.join(purchase, purchase.c.customer_id == customer.c.id)
+                not_deleted = purchase.c.deleted.is_not(True)
+                query = (
+                    select(cohort, month, func.count(purchase.c.customer_id.distinct()))
+                    .select_from(joined)
+                    .where(live, not_deleted)
+                    .group_by(cohort, month)
+                )
+                for key, bucket, buyers in conn.execute(query):
+                    active.setdefault(str(key), {})[str(bucket)] = int(buyers)
+                amount = func.coalesce(purchase.c.amount_base, purchase.c.amount)
+                spend = select(cohort, func.sum(amount)).select_from(joined).where(live, not_deleted)
+                for key, total in conn.execute(spend.group_by(cohort)):
+                    revenue[str(key)] = float(total or 0)
+            if self._has(metrics.name):
+                value = func.coalesce(metrics.c.ltv_predicted, metrics.c.ltv_simple)
+                joined_m = customer.join(metrics, metrics.c.customer_id == customer.c.id)
+                query_m = select(cohort, func.avg(value)).select_from(joined_m).where(live).group_by(cohort)
+                for key, avg in conn.execute(query_m):
+                    ltv[str(key)] = float(avg) if avg is not None else None
+        now_month = _month_index(self._clock().strftime("%Y-%m"))
+        rows = []
+        for key in sorted(sizes)[-max_cohorts:]:
+            span = max(0, now_month - _month_index(key)) + 1
+            buyers = active.get(key, {})
+            retention = tuple(
+                buyers.get(_month_name(_month_index(key) + k), 0) / sizes[key] for k in range(span)
+            )
+            per_customer = revenue[key] / sizes[key] if key in revenue else None
+            rows.append(CohortRow(key, sizes[key], retention, ltv.get(key), per_customer))
+        return CohortMatrix("month", tuple(rows))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _has(self, table: str) -> bool:
+        # Asked each time: migrations may add tables while the daemon runs.
+        return bool(inspect(self._engine).has_table(table))
+
+    def _month(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        if self._engine.dialect.name == "postgresql":
+            return func.to_char(func.timezone("UTC", column), "YYYY-MM")
+        return func.strftime("%Y-%m", column)
+
+    def _tag_history(self) -> list[TagSeries] | None:
+        table = Table(TAG_HISTORY_TABLE, MetaData(), autoload_with=self._engine)
+        names = set(table.c.keys())
+        day_col = next((c for c in ("day", "as_of", "date") if c in names), None)
+        count_col = next((c for c in ("customers", "count", "n") if c in names), None)
+        if "tag" not in names or day_col is None or count_col is None:
+            return None
+        query = select(table.c.tag, table.c[day_col], table.c[count_col])
+        with self._engine.connect() as conn:
+            items = [((str(tag), _as_date(day)), int(n)) for tag, day, n in conn.execute(query)]
+        return _series(items)
+
+
+def histogram(values: list[float], bins: int = DEFAULT_HISTOGRAM_BINS) -> LtvHistogram:
+    """Equal-width bins from min(0, lowest) to the top quantile; values above go to ``overflow``."""
+    bins = min(max(1, bins), MAX_HISTOGRAM_BINS)
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return LtvHistogram(0, (), 0, None)
+    low = min(0.0, finite[0])
+    top = finite[min(len(finite) - 1, int(HISTOGRAM_TOP_QUANTILE * len(finite)))]
+    high = top if top > low else low + 1.0
+    width = (high - low) / bins
+    counts = [0] * bins
+    overflow = 0
+    for v in finite:
+        if v > high:
+            overflow += 1
+        else:
+            counts[min(bins - 1, int((v - low) / width))] += 1
+    edges = [HistogramBin(low + i * width, low + (i + 1) * width, counts[i]) for i in range(bins)]
+    return LtvHistogram(len(finite), tuple(edges), overflow, finite[-1] if overflow else None)
+
+
+def _run_view(row: RowMapping) -> RunView:
+    started, finished = row["started_at"], row["finished_at"]
+    duration = (finished - started).total_seconds() if started and finished else None
+    return RunView(
+        id=int(row["id"]),
+        trigger=str(row["trigger"]),
+        status=str(row["status"]),
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=duration,
+        counts=row["counts"],
+        report=row["report"],
+        error=row["error"],
+    )
+
+
+def _series(items: Iterable[tuple[tuple[str, date], int]]) -> list[TagSeries]:
+    by_tag: dict[str, list[TagPoint]] = {}
+    for (tag, day), count in items:
+        by_tag.setdefault(tag, []).append(TagPoint(day, count))
+    return [
+        TagSeries(tag, tuple(sorted(points, key=lambda p: p.day))) for tag, points in sorted(by_tag.items())
+    ]
+
+
+def _as_date(value: object) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def _month_index(key: str) -> int:
+    year, month = key.split("-")[:2]
+    return int(year) * 12 + int(month) - 1
+
+
+def _month_name(index: int) -> str:
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"

@@ -1,0 +1,135 @@
+"""Render ``/metrics`` in the Prometheus text exposition format (version 0.0.4).
+
+Everything is derived from the store on each scrape (runs by status, the last finished run's
+counts, cursor lag), so replicas and restarts agree and nothing is kept in process memory.
+Relies on the Prometheus "Exposition formats" page: ``# HELP`` / ``# TYPE`` lines, label-value
+escaping of backslash, double quote and newline.
+
+The last run's ``counts`` are read in this shape (what the pipeline records)::
+
+    {"loaded": {"salesforce.contacts": 120, ...}, "rejected": {"mixpanel.events": 2, ...},
+     "api_calls": {"salesforce": 14, ...}}
+
+A plain number instead of a mapping is exported with the label value ``all``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ltvsync.core.status_queries import RunView, StreamLag
+from ltvsync.scheduler import DaemonStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Sample:
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # "counter" | "gauge"
+    help: str
+    samples: tuple[Sample, ...]
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _format_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render(families: Iterable[Family]) -> str:
+    lines: list[str] = []
+    for family in families:
+        lines.append(f"# HELP {family.name} {family.help}")
+        lines.append(f"# TYPE {family.name} {family.kind}")
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{escape_label(val)}"' for key, val in sample.labels)
+            name = f"{family.name}{{{labels}}}" if labels else family.name
+            lines.append(f"{name} {_format_value(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _by_label(label: str, raw: object) -> tuple[Sample, ...]:
+    if isinstance(raw, bool):
+        return ()
+    if isinstance(raw, int | float):
+        return (Sample(((label, "all"),), float(raw)),)
+    if isinstance(raw, Mapping):
+        return tuple(
+            Sample(((label, str(key)),), float(val))
+            for key, val in sorted(raw.items(), key=lambda kv: str(kv[0]))
+            if isinstance(val, int | float) and not isinstance(val, bool)
+        )
+    return ()
+
+
+def collect(
+    run_counts: Mapping[str, int],
+    last_finished: RunView | None,
+    lags: Iterable[StreamLag],
+    daemon: DaemonStatus,
+) -> list[Family]:
+    counts = last_finished.counts if last_finished is not None else None
+    counts = counts if isinstance(counts, Mapping) else {}
+    duration = last_finished.duration_seconds if last_finished is not None else None
+    return [
+        Family(
+            "ltvsync_runs_total",
+            "counter",
+            "Sync runs recorded in the store, by status.",
+            tuple(Sample((("status", s),), float(n)) for s, n in sorted(run_counts.items())),
+        ),
+        Family(
+            "ltvsync_last_run_duration_seconds",
+            "gauge",
+            "Wall-clock duration of the last finished run.",
+            (Sample((), duration),) if duration is not None else (),
+        ),
+        Family(
+            "ltvsync_last_run_records_loaded",
+            "gauge",
+            "Records loaded per stream by the last finished run.",
+            _by_label("stream", counts.get("loaded")),
+        ),
+        Family(
+            "ltvsync_last_run_api_calls",
+            "gauge",
+            "API calls per connector made by the last finished run.",
+            _by_label("connector", counts.get("api_calls")),
+        ),
+        Family(
+            "ltvsync_last_run_rejections",
+            "gauge",
+            "Payloads rejected (quarantined) per stream by the last finished run.",
+            _by_label("stream", counts.get("rejected")),
+        ),
+        Family(
+            "ltvsync_cursor_lag_seconds",
+            "gauge",
+            "Age of each stream's cursor (now minus the cursor's timestamp, else its last update).",
+            tuple(
+                Sample((("connector", lag.connector), ("stream", lag.stream)), lag.lag_seconds)
+                for lag in lags
+                if lag.lag_seconds is not None
+            ),
+        ),
+        Family(
+            "ltvsync_cycle_running",
+            "gauge",
+            "1 while a cycle runs in this process.",
+            (Sample((), 1.0 if daemon.cycle_running else 0.0),),
+        ),
+    ]
+
+
+def last_finished(runs: Iterable[RunView]) -> RunView | None:
+    return next((run for run in runs if run.finished_at is not None), None)
