@@ -57,6 +57,7 @@ ENGAGE_PAGE_SIZE = 1000  # Mixpanel's fixed engage page size
 # Only these profile properties are fetched: smaller pages, no unrelated personal data.
 PROFILE_PROPERTIES = ["$email", "$name", "$created", "$last_seen"]
 MIXPANEL_TIMEOUT = 300
+log = logging.getLogger(__name__)
 _STATUS_PREFIX = "HTTP Error Code: "
 _HEADERS_PREFIX = "Request Headers: "
 EVENTS_STREAM = "events"
@@ -224,8 +225,8 @@ def dedupe_by_source_id(records: Sequence[Record]) -> list[Record]:
 
 
 class _StatusCapture(logging.Filter):
-    """Remembers the HTTP status mixpanel-utils logs before returning ``None`` (per thread);
-    drops its header dump."""
+    """While attached: remembers the HTTP status mixpanel-utils logs before returning ``None``
+    (per thread), and routes its records to our logger at debug, minus its header dump."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -237,7 +238,11 @@ class _StatusCapture(logging.Filter):
             with contextlib.suppress(ValueError):
                 self.local.status = int(message[len(_STATUS_PREFIX) :])
         # The library logs request headers (Basic credentials) at debug level: never let them out.
-        return not message.startswith(_HEADERS_PREFIX)
+        # Its ERROR lines for a 429 we are about to retry mislead operators (and bypass our log
+        # format through its own stderr handler): keep them, at debug, in our logger instead.
+        if not message.startswith(_HEADERS_PREFIX):
+            log.debug("mixpanel-utils %s: %s", record.levelname, message)
+        return False
 
     def reset(self) -> None:
         self.local.status = None
