@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,14 @@ def test_commented_tag_rule_example_is_valid_when_uncommented(tmp_path: Path) ->
     settings = load_settings(write(tmp_path, "\n".join(block) + "\n"), {})
     rule = settings.tags.rules[0]
     assert rule.name == "vip" and len(rule.all) == 2 and len(rule.any) == 2
+
+
+def test_configuration_reference_lists_every_key_and_variable() -> None:
+    reference = (EXAMPLE.parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for section, key in _keys(Settings):
+        row = re.search(
+            rf"^\| `{key}` \| .*`{env_var_name(*section.split('.'), key)}`", reference, flags=re.M
+        )
+        assert row, f"{section}.{key} is missing from docs/configuration.md"
+    rule_example = reference.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert Settings.model_validate(tomllib.loads(rule_example)).tags.rules[0].name == "vip"
