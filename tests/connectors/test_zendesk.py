@@ -131,11 +131,15 @@ def test_resume_from_cursor_sends_no_start_time() -> None:
 
 
 @responses.activate(assert_all_requests_are_fired=True)
-def test_same_ticket_twice_in_page_keeps_latest_and_maps_metrics() -> None:
+@pytest.mark.parametrize("latest_first", [True, False])
+def test_same_ticket_twice_in_page_keeps_latest_and_maps_metrics(latest_first: bool) -> None:
+    versions = [
+        ticket(1, "2024-03-02T00:00:00Z", status="solved", satisfaction_rating={"score": "good"}),
+        ticket(1, "2024-03-01T00:00:00Z", status="open"),
+    ]
     body = envelope(
         [
-            ticket(1, "2024-03-02T00:00:00Z", status="solved", satisfaction_rating={"score": "good"}),
-            ticket(1, "2024-03-01T00:00:00Z", status="open"),
+            *(versions if latest_first else versions[::-1]),
             ticket(2, "2024-03-01T00:00:00Z", status="deleted"),
             ticket(3, "2024-03-03T00:00:00Z", satisfaction_rating={"score": "offered"}),
         ],
@@ -151,7 +155,7 @@ def test_same_ticket_twice_in_page_keeps_latest_and_maps_metrics() -> None:
     assert len(page.records) == 3
     one = by_id["1"]
     assert isinstance(one, TicketRecord)
-    assert one.status == "solved"  # the later update wins even though it came first
+    assert one.status == "solved"  # the later update wins wherever it sits in the page
     assert one.first_reply_minutes == 42.0
     assert one.solved_at == datetime(2024, 3, 2, tzinfo=UTC)
     assert one.satisfaction == "good"
