@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
+from datetime import date
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
@@ -135,6 +136,12 @@ class MixpanelSettings(Section):
     )
     amount_property: str = "amount"
     currency_property: str = "currency"
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _toml_date_is_fine(cls, value: Any) -> Any:
+        # `start_date = 2024-01-01` unquoted is a TOML local date; accept it as the string it means.
+        return value.isoformat() if isinstance(value, date) else value
 
 
 class ZendeskSettings(Section):

@@ -134,6 +134,11 @@ all = [
     assert "2 problems" in message
 
 
+def test_unquoted_toml_date_is_accepted_for_start_date(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[mixpanel]\nstart_date = 2025-02-03\n"), {})
+    assert settings.mixpanel.start_date == "2025-02-03"
+
+
 def test_bad_crontab_is_rejected_and_crontab_sunday_7_accepted(tmp_path: Path) -> None:
     assert "schedule.cron" in error_of(write(tmp_path, '[schedule]\ncron = "0 3 * * 9"\n'))
     assert load_settings(write(tmp_path, '[schedule]\ncron = "0 3 * * 7"\n'), {}).schedule.cron == "0 3 * * 7"
