@@ -437,7 +437,13 @@ class MixpanelSource:
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     rejections.append(reject(PROFILES_STREAM, raw, f"{type(exc).__name__}: {exc}"))
             page_size = int(body.get("page_size") or ENGAGE_PAGE_SIZE)
-            done = len(results) < page_size or not body.get("session_id")
+            total = body.get("total")
+            if isinstance(total, int) and not isinstance(total, bool):
+                # With a total we know the last page, saving the empty request after a full one.
+                done = not results or (page_number + 1) * page_size >= total
+            else:
+                done = len(results) < page_size
+            done = done or not body.get("session_id")
             cursor = self.now().isoformat() if done else None
             yield Page(dedupe_by_source_id(records), cursor, rejections, api_calls=self._calls - calls_before)
             if done:

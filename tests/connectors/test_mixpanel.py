@@ -330,3 +330,23 @@ def test_residency_hosts_without_override() -> None:
     src = MixpanelSource(settings)
     assert src.client.raw_api == "https://data-eu.mixpanel.com/api"
     assert src.client.formatted_api == "https://eu.mixpanel.com/api"
+
+
+@pytest.mark.parametrize(("with_total", "requests_made"), [(True, 2), (False, 3)])
+def test_engage_stops_on_total_or_short_page(
+    fake: FakeMixpanel, with_total: bool, requests_made: int
+) -> None:
+    def engage(query: dict[str, str]) -> Reply:
+        page = int(query.get("page", "0"))
+        results = [{"$distinct_id": f"p{page}-{i}", "$properties": {}} for i in range(2 if page < 2 else 0)]
+        body: dict[str, Any] = {"page": page, "page_size": 2, "session_id": "S", "results": results}
+        if with_total:
+            body["total"] = 4
+        return 200, json.dumps(body)
+
+    fake.replies[ENGAGE] = engage
+    pages = list(source(fake, date(2024, 5, 2)).read("profiles", None))
+    assert len(fake.queries(ENGAGE)) == requests_made
+    assert sorted(r.source_id for p in pages for r in p.records) == ["p0-0", "p0-1", "p1-0", "p1-1"]
+    assert pages[-1].cursor == "2024-05-02T08:00:00+00:00"
+    assert all(p.cursor is None for p in pages[:-1])
