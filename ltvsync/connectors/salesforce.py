@@ -27,7 +27,7 @@ import requests
 from ltvsync.config.settings import SalesforceSettings
 from ltvsync.connectors.base import StreamSpec
 from ltvsync.connectors.salesforce_bulk import bulk_query
-from ltvsync.connectors.salesforce_client import SalesforceClient
+from ltvsync.connectors.salesforce_client import QueryExpiredError, SalesforceClient
 from ltvsync.connectors.salesforce_soql import (
     Clause,
     Keyset,
@@ -47,6 +47,8 @@ OPPORTUNITIES = "opportunities"
 # Columns every incremental query needs, whatever the object.
 _CURSOR_FIELDS = ("Id", "SystemModstamp", "IsDeleted")
 AttrValue = str | float | int | bool | None
+# Re-runs of one read's query after its nextRecordsUrl expired, before giving up to the next cycle.
+MAX_QUERY_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -148,8 +150,8 @@ class SalesforceSource:
         if position is None and self._wants_backfill(plan):
             yield from self._backfill(plan, before)
             return
-        soql = select_soql(plan.object_name, plan.fields, position.modstamp if position else None)
-        result = self.client.query_page(soql, include_deleted=True)
+        result = self._query_from(plan, position)
+        restarts = 0
         while True:
             records, rejections, position = self._convert(plan, result.get("records") or [], position)
             calls, before = self.client.requests_made - before, self.client.requests_made
@@ -158,7 +160,19 @@ class SalesforceSource:
             if result.get("done", True) or not next_url:
                 return
             self.client.check_budget(self.settings.push_budget_reserve)
-            result = self.client.query_next(str(next_url))
+            try:
+                result = self.client.query_next(str(next_url))
+            except QueryExpiredError:
+                # The pipeline held the page longer than the locator lives: query again from here.
+                restarts += 1
+                if restarts > MAX_QUERY_RESTARTS:
+                    raise
+                result = self._query_from(plan, position)
+
+    def _query_from(self, plan: _StreamPlan, position: Keyset | None) -> dict[str, Any]:
+        """First page of the stream's query from ``position`` (inclusive), deleted rows included."""
+        soql = select_soql(plan.object_name, plan.fields, position.modstamp if position else None)
+        return self.client.query_page(soql, include_deleted=True)
 
     def _wants_backfill(self, plan: _StreamPlan) -> bool:
         """First load of a big object: one ``COUNT()`` decides between REST paging and Bulk 2.0."""

@@ -64,7 +64,8 @@ def bulk_update(
         for row in csv.DictReader(io.StringIO(ok_csv)):
             outcomes[row.get("Id") or row.get("sf__Id") or ""] = (True, None, None)
         for row in csv.DictReader(io.StringIO(failed_csv)):
-            code, _, message = (row.get("sf__Error") or "UNKNOWN_ERROR").partition(":")
+            # ``STATUS_CODE:message:fields``; "--" stands for "no fields".
+            code, _, message = (row.get("sf__Error") or "UNKNOWN_ERROR").removesuffix(":--").partition(":")
             outcomes[row.get("Id") or row.get("sf__Id") or ""] = (
                 False,
                 code.strip(),

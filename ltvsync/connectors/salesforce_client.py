@@ -58,6 +58,14 @@ class ErrorKind(Enum):
     CONFIG = "config"  # our query/mapping is wrong: fail at start-up with a message
     BUDGET = "budget"  # daily API allocation spent: end the stream at its last cursor
     RECORD = "record"  # this one request/record is permanently bad
+    REQUERY = "requery"  # the query cursor expired: run the query again from the last position
+
+
+class QueryExpiredError(LtvsyncError):
+    """A ``nextRecordsUrl`` expired (15 minutes idle, or evicted); the reader re-runs its query.
+
+    Not a ``TransientError``: retrying the same locator can never succeed.
+    """
 
 
 # (HTTP status, Salesforce errorCode) → kind.  ``None`` as errorCode is the status's fallback;
@@ -73,7 +81,7 @@ ERROR_TABLE: dict[tuple[int, str | None], ErrorKind] = {
     (400, "INVALID_TYPE"): ErrorKind.CONFIG,
     (400, "INVALID_QUERY_FILTER_OPERATOR"): ErrorKind.CONFIG,
     # A query cursor (nextRecordsUrl) expired or was evicted: re-running the query fixes it.
-    (400, "INVALID_QUERY_LOCATOR"): ErrorKind.TRANSIENT,
+    (400, "INVALID_QUERY_LOCATOR"): ErrorKind.REQUERY,
     (400, "QUERY_TIMEOUT"): ErrorKind.TRANSIENT,
     (400, "UNABLE_TO_LOCK_ROW"): ErrorKind.TRANSIENT,
     (400, None): ErrorKind.CONFIG,
@@ -88,6 +96,7 @@ _KIND_TO_ERROR: dict[ErrorKind, type[LtvsyncError]] = {
     ErrorKind.CONFIG: ConfigError,
     ErrorKind.BUDGET: BudgetExhaustedError,
     ErrorKind.RECORD: RecordError,
+    ErrorKind.REQUERY: QueryExpiredError,
 }
 
 

@@ -159,7 +159,7 @@ def test_error_table_classifies_by_status_and_code() -> None:
     assert classify_status(403, "INSUFFICIENT_ACCESS") is ErrorKind.AUTH
     assert classify_status(401, "INVALID_SESSION_ID") is ErrorKind.AUTH
     assert classify_status(400, "INVALID_FIELD") is ErrorKind.CONFIG
-    assert classify_status(400, "INVALID_QUERY_LOCATOR") is ErrorKind.TRANSIENT
+    assert classify_status(400, "INVALID_QUERY_LOCATOR") is ErrorKind.REQUERY
     assert classify_status(503, None) is ErrorKind.TRANSIENT
     assert classify_status(429, None) is ErrorKind.TRANSIENT
 

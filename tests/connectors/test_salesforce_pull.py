@@ -162,6 +162,27 @@ def test_cursor_never_goes_backwards_even_when_rows_arrive_out_of_order() -> Non
 
 
 @responses.activate(assert_all_requests_are_fired=True)
+def test_expired_query_locator_reruns_the_query_from_the_last_page() -> None:
+    add_contact_describe(responses.mock)
+    first = [contact_row(1, T0), contact_row(2, T0)]
+    responses.get(QUERY_ALL, json=page(first, next_url("old")), match=q(FULL_SOQL))
+    responses.get(
+        f"https://sf.example.test{next_url('old')}",
+        status=400,
+        json=[{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}],
+    )
+    # Re-run from page one's cursor: the shared-timestamp rows come again and are dropped.
+    again = [contact_row(1, T0), contact_row(2, T0), contact_row(3, T0 + timedelta(seconds=1))]
+    responses.get(QUERY_ALL, json=page(again), match=q(since_soql(T0)))
+
+    pages = list(source().read("contacts", None))
+
+    assert [[r.source_id for r in p.records] for p in pages] == [[sf_id(1), sf_id(2)], [sf_id(3)]]
+    locator_calls = [c for c in responses.calls if "PIAYA2-old" in str(c.request.url)]
+    assert len(locator_calls) == 1  # an expired locator is not retried in place
+
+
+@responses.activate(assert_all_requests_are_fired=True)
 def test_empty_result_keeps_the_cursor() -> None:
     add_contact_describe(responses.mock)
     cursor = Keyset(T0, sf_id(1)).encode()
