@@ -1,0 +1,281 @@
+"""The compute stage: purchase facts from the store → simple and probabilistic LTV per customer.
+
+Aggregation is SQL (``ltvsync.core.metrics``); the maths is pure numpy (``ltvsync.core.ltv``);
+this module only joins the two and writes ``customer_metrics`` in bulk.  Model trouble (too little
+data, a failed or degenerate fit) falls back to the simple LTV with the reason in the report: the
+sync never fails because of the models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, delete, select
+
+from ltvsync.config.settings import LtvSettings
+from ltvsync.core import models as m
+from ltvsync.core.ltv import ModelFit, PriorParams, clv, fit_models, simple_ltv
+from ltvsync.core.metrics import FloatArray, population, purchase_facts
+from ltvsync.core.rfm import RfmSummary
+from ltvsync.core.store import Store
+
+DAYS_PER_UNIT = {"week": 7.0, "day": 1.0}
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass
+class ComputeReport:
+    customers: int = 0
+    purchasers: int = 0
+    model: str = "simple"
+    fallback_reason: str | None = None
+    parameters: dict[str, float] = field(default_factory=dict)
+    log_likelihood: dict[str, float] = field(default_factory=dict)
+    converged: bool | None = None
+    fit_seconds: float = 0.0
+    seconds: float = 0.0
+    prior_share_mean: float | None = None
+    ltv_simple_mean: float | None = None
+    ltv_predicted_mean: float | None = None
+    model_version: str = "simple"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def monthly_rate(annual: float) -> float:
+    """The monthly discount rate equivalent to an annual one."""
+    return float((1.0 + annual) ** (1.0 / 12.0) - 1.0)
+
+
+def _start_day(
+    settings: LtvSettings, signup: FloatArray, onboarding: FloatArray, first: FloatArray
+) -> FloatArray:
+    if settings.start_event == "first_purchase":
+        return np.where(np.isfinite(first), first, signup)
+    if settings.start_event == "onboarding_completed":
+        return np.where(np.isfinite(onboarding), onboarding, signup)
+    return np.where(np.isfinite(signup), signup, first)
+
+
+def _counts(settings: LtvSettings, orders: FloatArray, engaged: np.ndarray[Any, np.dtype[np.bool_]]) -> Any:
+    """Who counts as a customer (see LtvSettings.customer_definition)."""
+    if settings.customer_definition == "purchaser":
+        return orders > 0
+    if settings.customer_definition == "engaged_user":
+        return (orders > 0) | engaged
+    # trial users and subscribers: everyone we know of (a signup is the trial's start).
+    return np.ones(orders.shape, dtype=bool)
+
+
+def compute_ltv(store: Store, conn: Connection, settings: LtvSettings, as_of: datetime) -> ComputeReport:
+    """Recompute ``customer_metrics`` for every counted customer as of ``as_of``."""
+    started = time.monotonic()
+    report = ComputeReport()
+    as_of_day = as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
+    facts = purchase_facts(conn, store.dialect, as_of)
+    pop = population(conn, store.dialect, settings.engaged_event_kind)
+    n = len(pop.customer_id)
+    # Align purchase facts to the population (both sorted by customer id).
+    pos = np.searchsorted(pop.customer_id, facts.customer_id)
+    orders = np.zeros(n)
+    revenue = np.zeros(n)
+    first = np.full(n, np.nan)
+    last = np.full(n, np.nan)
+    first_value = np.zeros(n)
+    valid = (pos < n) & (pop.customer_id[np.minimum(pos, n - 1)] == facts.customer_id) if n else pos < 0
+    p = pos[valid]
+    orders[p] = facts.transactions[valid]
+    revenue[p] = facts.revenue[valid]
+    first[p] = facts.first_day[valid]
+    last[p] = facts.last_day[valid]
+    first_value[p] = facts.first_value[valid]
+
+    counted = _counts(settings, orders, pop.engaged)
+    start = _start_day(settings, pop.signup_day, pop.onboarding_day, first)
+    start = np.where(np.isfinite(start), np.minimum(start, as_of_day), as_of_day)
+    days_since_start = np.maximum(as_of_day - start, 0.0)
+    tenure_days = np.where(orders > 0, last - first, 0.0)
+    recency_days = np.where(orders > 0, np.floor(as_of_day) - last, np.nan)
+
+    priors = PriorParams(
+        settings.priors.aov,
+        settings.priors.purchases_per_year,
+        settings.priors.lifespan_years,
+        settings.priors.weight,
+    )
+    simple = simple_ltv(orders, revenue, days_since_start, priors, settings.gross_margin)
+    margin = settings.gross_margin or 1.0
+    predicted = simple.ltv.copy()
+    p_alive = np.full(n, np.nan)
+    expected = np.full(n, np.nan)
+
+    buyers = counted & (orders > 0)
+    report.customers = int(counted.sum())
+    report.purchasers = int(buyers.sum())
+    if settings.model != "simple" and report.purchasers:
+        fit_started = time.monotonic()
+        summary = _summary(
+            pop.customer_id[buyers],
+            orders[buyers],
+            revenue[buyers],
+            first[buyers],
+            last[buyers],
+            first_value[buyers],
+            as_of_day,
+            settings.time_unit,
+        )
+        fit = fit_models(summary, settings.min_customers_for_model, settings.min_repeat_buyers_for_model)
+        report.fit_seconds = time.monotonic() - fit_started
+        _describe_fit(report, fit)
+        if fit.usable and fit.bgnbd is not None and fit.gamma_gamma is not None:
+            horizon_units = settings.horizon_months * (52.0 / 12.0 if settings.time_unit == "week" else 30.0)
+            value = clv(
+                fit.bgnbd,
+                fit.gamma_gamma,
+                summary.frequency,
+                summary.recency,
+                summary.T,
+                summary.monetary_value,
+                settings.horizon_months,
+                monthly_rate(settings.annual_discount_rate),
+                unit=settings.time_unit,
+            )
+            predicted[buyers] = value * margin
+            p_alive[buyers] = fit.bgnbd.p_alive(summary.frequency, summary.recency, summary.T)
+            expected[buyers] = fit.bgnbd.expected_purchases(
+                horizon_units, summary.frequency, summary.recency, summary.T
+            )
+            report.model = "bgnbd+gamma-gamma"
+    elif settings.model == "simple":
+        report.fallback_reason = "model = simple in configuration"
+
+    report.model_version = _model_version(report)
+    rows = _rows(
+        pop.customer_id,
+        counted,
+        as_of,
+        orders,
+        revenue,
+        simple.aov,
+        simple.purchases_per_year,
+        tenure_days,
+        recency_days,
+        days_since_start,
+        simple.ltv,
+        predicted,
+        p_alive,
+        expected,
+        simple.prior_weight,
+        report.model_version,
+    )
+    t = m.TABLES["customer_metrics"]
+    existing = {r for (r,) in conn.execute(select(t.c.customer_id))}
+    keep = {int(c) for c in pop.customer_id[counted]}
+    gone = sorted(existing - keep)
+    for i in range(0, len(gone), 900):
+        conn.execute(delete(t).where(t.c.customer_id.in_(gone[i : i + 900])))
+    store.upsert_many(conn, "customer_metrics", rows, key=("customer_id",))
+    if report.customers:
+        report.prior_share_mean = float(np.mean(simple.prior_weight[counted]))
+        report.ltv_simple_mean = float(np.mean(simple.ltv[counted]))
+        report.ltv_predicted_mean = float(np.mean(predicted[counted]))
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _summary(
+    ids: Any,
+    orders: FloatArray,
+    revenue: FloatArray,
+    first: FloatArray,
+    last: FloatArray,
+    first_value: FloatArray,
+    as_of_day: float,
+    unit: str,
+) -> RfmSummary:
+    per = DAYS_PER_UNIT[unit]
+    repeat = orders - 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        monetary = np.where(repeat > 0, (revenue - first_value) / np.where(repeat > 0, repeat, 1.0), 0.0)
+    return RfmSummary(
+        customer_ids=np.asarray(ids),
+        frequency=repeat,
+        recency=(last - first) / per,
+        T=np.maximum(np.floor(as_of_day) - first, 0.0) / per,
+        monetary_value=np.maximum(monetary, 0.0),
+        unit=unit,
+    )
+
+
+def _describe_fit(report: ComputeReport, fit: ModelFit) -> None:
+    report.fallback_reason = fit.fallback_reason
+    if fit.bgnbd is not None:
+        bg = fit.bgnbd
+        report.parameters.update({"r": bg.r, "alpha": bg.alpha, "a": bg.a, "b": bg.b})
+        report.log_likelihood["bgnbd"] = bg.log_likelihood
+        report.converged = bg.converged
+    if fit.gamma_gamma is not None:
+        gg = fit.gamma_gamma
+        report.parameters.update({"p": gg.p, "q": gg.q, "gamma": gg.gamma})
+        report.log_likelihood["gamma_gamma"] = gg.log_likelihood
+        report.converged = bool(report.converged and gg.converged)
+
+
+def _model_version(report: ComputeReport) -> str:
+    if report.model == "simple":
+        return "simple"
+    digest = hashlib.sha1(repr(sorted((k, round(v, 6)) for k, v in report.parameters.items())).encode())
+    return f"bgnbd-gg:{digest.hexdigest()[:10]}"
+
+
+def _num(values: FloatArray, i: Any) -> float | None:
+    v = float(values[i])
+    return v if np.isfinite(v) else None
+
+
+def _rows(
+    ids: Any,
+    counted: Any,
+    as_of: datetime,
+    orders: FloatArray,
+    revenue: FloatArray,
+    aov: FloatArray,
+    freq: FloatArray,
+    tenure: FloatArray,
+    recency: FloatArray,
+    since: FloatArray,
+    ltv_simple: FloatArray,
+    predicted: FloatArray,
+    p_alive: FloatArray,
+    expected: FloatArray,
+    prior: FloatArray,
+    version: str,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for i in np.flatnonzero(counted):
+        rows.append(
+            {
+                "customer_id": int(ids[i]),
+                "as_of": as_of,
+                "orders": int(orders[i]),
+                "revenue": round(float(revenue[i]), 4),
+                "aov": _num(aov, i),
+                "frequency": _num(freq, i),
+                "tenure_days": _num(tenure, i),
+                "recency_days": _num(recency, i),
+                "days_since_start": _num(since, i),
+                "ltv_simple": _num(ltv_simple, i),
+                "ltv_predicted": _num(predicted, i),
+                "p_alive": _num(p_alive, i),
+                "expected_purchases": _num(expected, i),
+                "prior_weight": _num(prior, i),
+                "model_version": version,
+            }
+        )
+    return rows
