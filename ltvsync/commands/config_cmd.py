@@ -19,7 +19,7 @@ from rich.text import Text
 
 from ltvsync.commands.common import ConfigOption, console, fail, load_with_sources_or_exit
 from ltvsync.config.loader import LoadedSettings
-from ltvsync.config.settings import masked_dump
+from ltvsync.config.settings import Settings, masked_dump
 
 # Refusing to overwrite is an operational refusal, not a configuration error (that is 2).
 EXIT_REFUSED = 1
@@ -77,6 +77,7 @@ def check(
 def _print_tables(loaded: LoadedSettings, masked: dict[str, Any]) -> None:
     file_note = str(loaded.path) if loaded.path else "no file (defaults + environment)"
     console.print(Text("Configuration is valid", style="bold green"), Text(f"— read from {file_note}"))
+    console.print(Text(_summary(loaded.settings)))
     for section, values in masked.items():
         table = Table(
             title=Text(f"[{section}]", style="bold"), title_justify="left", show_lines=False, expand=False
@@ -87,6 +88,17 @@ def _print_tables(loaded: LoadedSettings, masked: dict[str, Any]) -> None:
         for key, value in _flatten(getattr(loaded.settings, section), values):
             table.add_row(key, Text(_render(value)), loaded.source_of((section, *key.split("."))))
         console.print(table)
+
+
+def _summary(settings: Settings) -> str:
+    """Which sources are pulled and where results go: the first thing to check in a config."""
+    sources = [name for name in ("salesforce", "mixpanel", "zendesk") if getattr(settings, name).enabled]
+    destinations = ["salesforce"] if settings.salesforce.enabled and settings.salesforce.push_enabled else []
+    destinations += ["airtable"] if settings.airtable.enabled else []
+    line = f"Sources: {', '.join(sources) or 'none'} · Destinations: {', '.join(destinations) or 'none'}"
+    if not sources:
+        line += " (nothing to pull: enable a source, or try `ltvsync demo`)"
+    return line
 
 
 def _flatten(model: BaseModel, values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -136,6 +136,23 @@ def test_init_then_check_passes(runner: CliRunner, tmp_path: Path) -> None:
     assert check.exit_code == 0, check.output
     assert "Configuration is valid" in check.stdout
     assert "[store]" in check.stdout and "[server]" in check.stdout
+    assert "Sources: none" in check.stdout
+
+
+def test_check_summarises_enabled_sources_and_destinations(runner: CliRunner, tmp_path: Path) -> None:
+    write(
+        tmp_path / "ltvsync.toml",
+        '[zendesk]\nenabled = true\nsubdomain = "acme"\n[airtable]\nbase_id = "app1"\n',
+    )
+    env = {
+        "LTVSYNC_ZENDESK__OAUTH_TOKEN": "zd-oauth",
+        "LTVSYNC_AIRTABLE__ENABLED": "true",
+        "LTVSYNC_AIRTABLE__API_KEY": "pat-1",
+        "COLUMNS": "200",
+    }
+    result = runner.invoke(app, ["config", "check"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "Sources: zendesk · Destinations: airtable" in result.stdout
 
 
 def test_init_refuses_to_overwrite_without_force(runner: CliRunner, tmp_path: Path) -> None:
