@@ -16,7 +16,7 @@ from ltvsync.config.settings import AirtableSettings
 from ltvsync.connectors.airtable import AIRTABLE_MAX_BATCH, AirtableDestination
 from ltvsync.connectors.base import Destination, PushItem
 from ltvsync.connectors.http import Throttle
-from ltvsync.core.errors import AuthError, ConfigError
+from ltvsync.core.errors import AuthError, ConfigError, TransientError
 from ltvsync.core.retry import RetryPolicy
 
 ENDPOINT = "http://127.0.0.1:9998"
@@ -258,3 +258,26 @@ def test_check_falls_back_to_listing_when_schema_endpoint_missing() -> None:
 def test_missing_api_key_is_config_error() -> None:
     with pytest.raises(ConfigError, match="api_key"):
         AirtableDestination(settings(api_key=None))
+
+
+@responses.activate(registry=OrderedRegistry, assert_all_requests_are_fired=True)
+def test_503_retried_by_policy_and_counted() -> None:
+    responses.patch(TABLE_URL, status=503, body="upstream down")
+    responses.add_callback(responses.PATCH, TABLE_URL, callback=upsert_reply)
+    dest = destination()
+    (result,) = dest.write([item(1)])
+    assert result.ok and dest.api_calls() == 2
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_503_forever_is_transient_not_a_record_failure() -> None:
+    responses.patch(TABLE_URL, status=503, body="upstream down")
+    with pytest.raises(TransientError):
+        destination().write([item(1)])
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_check_unknown_table_is_config_error() -> None:
+    responses.get(SCHEMA_URL, json={"tables": [{"id": "tblX", "name": "Other", "fields": []}]})
+    with pytest.raises(ConfigError, match="'Customers' not found"):
+        destination().check()
