@@ -84,6 +84,8 @@ class Emulator:
     """Base of every emulator: routing, counting, faults, a server thread."""
 
     name = "emulator"
+    # How often the server thread checks for stop(); short so tests tearing emulators down stay fast.
+    poll_interval = 0.05
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.knobs = knobs or Knobs()
@@ -210,7 +212,9 @@ class Emulator:
             scheme = "https"
         self._server = server
         self.base_url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(target=server.serve_forever, name=f"{self.name}-sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(self.poll_interval,), name=f"{self.name}-sandbox", daemon=True
+        )
         self._thread.start()
         return self.base_url
 
