@@ -17,7 +17,8 @@ Reference "Field Types" (currency, double, percent, textarea, datetime) and desc
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
@@ -92,6 +93,7 @@ class SalesforceDestination:
         self.settings = settings
         self.client = client or SalesforceClient(settings, session=session, retry=retry)
         self.bulk_poll_seconds = bulk_poll_seconds
+        self._calls = 0
         unknown = sorted(set(settings.push_fields) - set(FIELD_KINDS))
         if unknown:
             raise ConfigError(
@@ -110,7 +112,8 @@ class SalesforceDestination:
     def check(self) -> None:
         """Describe the object; a missing, read-only or wrongly-typed field is a ConfigError."""
         obj = self.settings.push_object
-        described = self.client.describe(obj)
+        with self._counting():
+            described = self.client.describe(obj)
         problems: list[str] = []
         for ours, api in self.settings.push_fields.items():
             kind, found = FIELD_KINDS[ours], described.get(api)
@@ -172,7 +175,16 @@ class SalesforceDestination:
         return count > self.settings.bulk_push_threshold
 
     def api_calls(self) -> int:
-        return self.client.requests_made
+        """Requests this destination made (the client may be shared with the source)."""
+        return self._calls
+
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        start = self.client.requests_made
+        try:
+            yield
+        finally:
+            self._calls += self.client.requests_made - start
 
     # -- writing -------------------------------------------------------------------------------
     def fields_for(self, values: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
@@ -198,9 +210,10 @@ class SalesforceDestination:
         if sendable:
             records = [self._record(item.target_id, fields) for _, item, fields in sendable]
             body = {"allOrNone": False, "records": records}
-            answer = self.client.restful(
-                "composite/sobjects", method="PATCH", json=body, what="collections update"
-            )
+            with self._counting():
+                answer = self.client.restful(
+                    "composite/sobjects", method="PATCH", json=body, what="collections update"
+                )
             for (index, item, _), outcome in zip(sendable, _outcomes(answer, len(sendable)), strict=True):
                 results[index] = PushResult(item.customer_id, *outcome)
         return [results[i] for i in range(len(batch))]
@@ -215,7 +228,8 @@ class SalesforceDestination:
         failures = {f.customer_id: f for f in self.validate(items)}
         good = [item for item in items if item.customer_id not in failures]
         rows = [(item.target_id, self.fields_for(item.values)) for item in good]
-        outcome = bulk_update(self.client, self.settings.push_object, rows, wait=self.bulk_poll_seconds)
+        with self._counting():
+            outcome = bulk_update(self.client, self.settings.push_object, rows, wait=self.bulk_poll_seconds)
         results = []
         for item in items:
             if item.customer_id in failures:
