@@ -27,7 +27,7 @@ import requests
 from ltvsync.config.settings import SalesforceSettings
 from ltvsync.connectors.base import StreamSpec
 from ltvsync.connectors.salesforce_bulk import bulk_query
-from ltvsync.connectors.salesforce_client import QueryExpiredError, SalesforceClient
+from ltvsync.connectors.salesforce_client import QueryExpiredError, QueryPage, SalesforceClient
 from ltvsync.connectors.salesforce_soql import (
     Clause,
     Keyset,
@@ -169,7 +169,7 @@ class SalesforceSource:
                     raise
                 result = self._query_from(plan, position)
 
-    def _query_from(self, plan: _StreamPlan, position: Keyset | None) -> dict[str, Any]:
+    def _query_from(self, plan: _StreamPlan, position: Keyset | None) -> QueryPage:
         """First page of the stream's query from ``position`` (inclusive), deleted rows included."""
         soql = select_soql(plan.object_name, plan.fields, position.modstamp if position else None)
         return self.client.query_page(soql, include_deleted=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import requests
 from simple_salesforce.api import Salesforce
@@ -142,6 +142,15 @@ def translate(exc: Exception, what: str, retry_after: float | None = None) -> Lt
     if isinstance(exc, requests.RequestException):
         return TransientError(f"Salesforce {what}: {type(exc).__name__}: {exc}")
     raise exc
+
+
+class QueryPage(TypedDict, total=False):
+    """One page of ``query``/``queryAll``/``query_more``: ``nextRecordsUrl`` iff not ``done``."""
+
+    totalSize: int
+    done: bool
+    nextRecordsUrl: str
+    records: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -289,19 +298,19 @@ class SalesforceClient:
 
         return self.retry.call(_once, what=f"salesforce {what}")
 
-    def query_page(self, soql: str, *, include_deleted: bool = False) -> dict[str, Any]:
+    def query_page(self, soql: str, *, include_deleted: bool = False) -> QueryPage:
         """First page of a SOQL query (``queryAll`` when ``include_deleted``)."""
         sf = self.sf
-        result: dict[str, Any] = self.call(
+        result: QueryPage = self.call(
             lambda: sf.query(soql, include_deleted=include_deleted, timeout=REQUEST_TIMEOUT_SECONDS),
             what="query",
         )
         return result
 
-    def query_next(self, next_records_url: str) -> dict[str, Any]:
+    def query_next(self, next_records_url: str) -> QueryPage:
         """The page behind a ``nextRecordsUrl`` (a path on the instance)."""
         sf = self.sf
-        result: dict[str, Any] = self.call(
+        result: QueryPage = self.call(
             lambda: sf.query_more(next_records_url, identifier_is_url=True, timeout=REQUEST_TIMEOUT_SECONDS),
             what="query_more",
         )

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any
 
 import requests
 
@@ -58,13 +58,6 @@ FIELD_KINDS: dict[str, FieldKind] = {
     ),
     "updated": FieldKind("datetime", frozenset({"datetime"}), "When ltvsync last computed these values"),
 }
-
-
-class CollectionRecord(TypedDict, total=False):
-    """One element of ``records`` in a composite/sobjects PATCH body."""
-
-    attributes: dict[str, str]
-    id: str
 
 
 @dataclass(frozen=True)
