@@ -17,17 +17,29 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special
 
-from ltvsync.core.bgnbd import LBFGS_FTOL, LBFGS_GTOL, LBFGS_MAXITER, LOG_PARAM_BOUND, at_bound
+from ltvsync.core.bgnbd import (
+    LBFGS_FTOL,
+    LBFGS_GTOL,
+    LBFGS_MAXITER,
+    LOG_PARAM_BOUND,
+    NELDER_MEAD_MAXITER,
+    _dot,
+    at_bound,
+)
 from ltvsync.core.rfm import FloatArray, as_float, group_rows
 
 
 @dataclass(frozen=True, slots=True)
 class _SpendData:
-    """Repeat buyers grouped into unique (x, m) pairs with weights, plus per-x weight totals."""
+    """Repeat buyers grouped into unique (x, m) pairs with weights, and the parameter-free sums."""
 
     x: FloatArray
     m: FloatArray
     weight: FloatArray
+    xm: FloatArray
+    wx: FloatArray
+    sum_w_log_m: float
+    sum_wx_log_m: float
     unique_x: FloatArray
     weight_per_x: FloatArray
     n_customers: int
@@ -41,37 +53,52 @@ def _prepare(frequency: ArrayLike, monetary_value: ArrayLike, scale: float | Non
     if scale is not None:
         gm = gm * scale
     unique_x, inverse = np.unique(gx, return_inverse=True)
-    weight_per_x = np.bincount(inverse, weights=weight, minlength=unique_x.size).astype(np.float64)
-    return _SpendData(gx, gm, weight, unique_x, weight_per_x, int(np.count_nonzero(ok)))
+    weight_per_x = np.bincount(inverse.reshape(-1), weights=weight, minlength=unique_x.size)
+    log_m = np.log(gm)
+    wx = weight * gx
+    return _SpendData(
+        gx,
+        gm,
+        weight,
+        gx * gm,
+        wx,
+        _dot(weight, log_m),
+        _dot(wx, log_m),
+        unique_x,
+        weight_per_x.astype(np.float64),
+        int(np.count_nonzero(ok)),
+    )
 
 
 def _neg_ll_and_grad(log_params: FloatArray, d: _SpendData) -> tuple[float, FloatArray]:
     """Mean negative log-likelihood (eq. 3) and its gradient w.r.t. (ln p, ln q, ln gamma).
 
-    ln f = lnG(px+q) - lnG(px) - lnG(q) + q ln(gamma) + (px-1) ln(m) + px ln(x) - (px+q) ln(gamma+xm);
-    the lnG terms depend on x only and are summed over unique x with their weights.
+    ln f = lnG(px+q) - lnG(px) - lnG(q) + q ln(gamma) + px ln(x) + (px-1) ln(m) - (px+q) ln(gamma+xm).
+    The lnG terms depend on x only and are summed over unique x with their weights; the ln(m)
+    sums do not depend on the parameters and are computed once.
     """
-    p, q, g = np.exp(log_params)
+    p, q, g = (float(v) for v in np.exp(log_params))
     ux, wx = d.unique_x, d.weight_per_x
     px = p * ux
     ll_x = (
         special.gammaln(px + q) - special.gammaln(px) - special.gammaln(q) + q * np.log(g) + px * np.log(ux)
     )
     dig_pxq = special.digamma(px + q)
-    g_p = np.dot(wx, ux * (dig_pxq - special.digamma(px) + np.log(ux)))
-    g_q = np.dot(wx, dig_pxq - special.digamma(q) + np.log(g))
-    g_g = np.dot(wx, np.full_like(ux, q / g))
+    ll = _dot(wx, ll_x) + p * d.sum_wx_log_m - d.sum_w_log_m
+    g_p = _dot(wx, ux * (dig_pxq - special.digamma(px) + np.log(ux))) + d.sum_wx_log_m
+    g_q = _dot(wx, dig_pxq - special.digamma(q) + np.log(g))
+    g_g = float(np.sum(wx)) * q / g
 
-    x, m, w = d.x, d.m, d.weight
-    pxr = p * x
-    log_m = np.log(m)
-    gxm = g + x * m
-    log_gxm = np.log(gxm)
-    ll = float(np.dot(wx, ll_x) + np.dot(w, (pxr - 1.0) * log_m - (pxr + q) * log_gxm))
-    g_p += np.dot(w, x * (log_m - log_gxm))
-    g_q += -np.dot(w, log_gxm)
-    g_g += -np.dot(w, (pxr + q) / gxm)
-    n = float(np.sum(w))
+    gxm = d.xm + g
+    inv_gxm = np.reciprocal(gxm)
+    log_gxm = np.log(gxm, out=gxm)
+    wx_log = _dot(d.wx, log_gxm)
+    w_log = _dot(d.weight, log_gxm)
+    ll -= p * wx_log + q * w_log
+    g_p -= wx_log
+    g_q -= w_log
+    g_g -= p * _dot(d.wx, inv_gxm) + q * _dot(d.weight, inv_gxm)
+    n = float(d.n_customers)
     grad = np.array([g_p * p, g_q * q, g_g * g], dtype=np.float64)
     return -ll / n, -grad / n
 
@@ -137,12 +164,12 @@ def fit_gamma_gamma(frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGam
         )
         solution = np.asarray(res.x, dtype=np.float64)
         success, iterations = bool(res.success), int(res.nit)
-        if not success or not np.isfinite(res.fun):
+        if (not success or not np.isfinite(res.fun)) and not at_bound(solution):
             res = optimize.minimize(
                 lambda v: _neg_ll_and_grad(v, d)[0],
                 solution if np.all(np.isfinite(solution)) else start,
                 method="Nelder-Mead",
-                options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20000},
+                options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": NELDER_MEAD_MAXITER},
             )
             solution = np.clip(np.asarray(res.x, dtype=np.float64), -LOG_PARAM_BOUND, LOG_PARAM_BOUND)
             success, iterations = bool(res.success), iterations + int(res.nit)
