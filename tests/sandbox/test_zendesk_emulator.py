@@ -100,7 +100,7 @@ def test_per_page_defaults_to_and_is_capped_at_1000(emulator: ZendeskEmulator) -
 
 
 def test_updated_ticket_reappears_after_the_last_minute_hold_back(
-    emulator: ZendeskEmulator, clock: Clock
+    emulator: ZendeskEmulator, world: World, clock: Clock
 ) -> None:
     _, cursor, _ = read_all(emulator, TICKETS, "tickets", start_time=0)
     ticket_id = min(world.zendesk_tickets)
