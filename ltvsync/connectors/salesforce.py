@@ -249,9 +249,9 @@ class SalesforceSource:
         email = row.get(f.email)
         name = " ".join(str(p) for p in (row.get(f.first_name), row.get(f.last_name)) if p) or None
         attributes: dict[str, AttrValue] = {f.account: _attr(row.get(f.account))}
-        for ours, api in self.settings.push_fields.items():
-            if api in row:
-                attributes[ours] = _attr(row[api])
+        for api in self.settings.push_fields.values():
+            if api in row:  # verbatim API names: the core maps them back with push_fields
+                attributes[api] = _attr(row[api])
         return CustomerRecord(
             source=SOURCE,
             source_id=record_id,

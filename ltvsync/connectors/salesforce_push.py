@@ -16,6 +16,7 @@ Reference "Field Types" (currency, double, percent, textarea, datetime) and desc
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,9 +30,10 @@ from ltvsync.config.settings import SalesforceSettings
 from ltvsync.connectors.base import FieldValue, PushItem, PushResult
 from ltvsync.connectors.salesforce_bulk import bulk_update
 from ltvsync.connectors.salesforce_client import SalesforceClient
-from ltvsync.core.errors import ConfigError, RecordError
+from ltvsync.core.errors import ConfigError
 from ltvsync.core.retry import RetryPolicy
 
+log = logging.getLogger(__name__)
 # sObject Collections accept at most 200 records per request.
 SF_COLLECTIONS_MAX = 200
 # 15-character case-sensitive or 18-character case-insafe Salesforce record ids.
@@ -134,9 +136,7 @@ class SalesforceDestination:
             problem = self._problem(item, seen)
             seen.add(item.target_id)
             if problem is not None:
-                failures.append(
-                    PushResult(item.customer_id, ok=False, status_code="INVALID_ITEM", message=problem)
-                )
+                failures.append(_invalid(item, problem))
         return failures
 
     def _problem(self, item: PushItem, seen: set[str]) -> str | None:
@@ -153,14 +153,16 @@ class SalesforceDestination:
         return None
 
     def plan(self, items: Sequence[PushItem]) -> list[list[PushItem]]:
-        """Batches of ≤ ``SF_COLLECTIONS_MAX``; raises ``RecordError`` before any request if invalid.
+        """Batches of ≤ ``SF_COLLECTIONS_MAX``, every item validated before the first request.
 
-        Call ``validate`` first to report bad items per record and plan only the good ones.
+        Invalid items stay in their batch (results stay aligned with the caller's items) and
+        ``write`` answers them with an ``INVALID_ITEM`` result without sending them, so one bad
+        value never blocks the other customers.
         """
         failures = self.validate(items)
         if failures:
-            listed = "; ".join(f"customer {f.customer_id}: {f.message}" for f in failures[:10])
-            raise RecordError(f"{len(failures)} Salesforce push item(s) invalid: {listed}")
+            listed = "; ".join(f"customer {f.customer_id}: {f.message}" for f in failures[:5])
+            log.warning("%d Salesforce push item(s) will not be sent: %s", len(failures), listed)
         return [list(items[i : i + SF_COLLECTIONS_MAX]) for i in range(0, len(items), SF_COLLECTIONS_MAX)]
 
     def use_bulk(self, count: int) -> bool:
@@ -194,7 +196,13 @@ class SalesforceDestination:
             raise ValueError(f"a Salesforce collections batch holds at most {SF_COLLECTIONS_MAX} records")
         results: dict[int, PushResult] = {}
         sendable: list[tuple[int, PushItem, dict[str, FieldValue]]] = []
+        seen: set[str] = set()
         for index, item in enumerate(batch):
+            problem = self._problem(item, seen)
+            seen.add(item.target_id)
+            if problem is not None:
+                results[index] = _invalid(item, problem)
+                continue
             fields = self.fields_for(item.values)
             if fields:
                 sendable.append((index, item, fields))
@@ -233,6 +241,10 @@ class SalesforceDestination:
             )
             results.append(PushResult(item.customer_id, ok, code, message))
         return results
+
+
+def _invalid(item: PushItem, problem: str) -> PushResult:
+    return PushResult(item.customer_id, ok=False, status_code="INVALID_ITEM", message=problem)
 
 
 def _value_problem(key: str, value: FieldValue) -> str | None:

@@ -99,7 +99,8 @@ def test_pages_follow_next_records_url_with_a_cursor_per_page() -> None:
     assert contact.name == "Ada Lovelace1"
     assert contact.created_at == T0 + timedelta(seconds=1) - timedelta(days=30)
     assert contact.updated_at.tzinfo is not None
-    assert contact.attributes == {"AccountId": sf_id(1, "001"), "ltv": None}
+    # Push fields under their API names: the core reads them back to detect human edits.
+    assert contact.attributes == {"AccountId": sf_id(1, "001"), "LTV__c": None}
     # describe + query + query_more
     assert [p.api_calls for p in pages] == [2, 1]
 
@@ -415,6 +416,6 @@ def test_big_first_load_goes_through_a_bulk_query_job() -> None:
         and pages[-1].cursor == Keyset(datetime(2024, 5, 20, 20, 49, 35, tzinfo=UTC), sf_id(2)).encode()
     )
     by_id = {r.source_id: r for r in pages[0].records if isinstance(r, CustomerRecord)}
-    assert by_id[sf_id(2)].attributes == {"AccountId": None, "ltv": 12.5}
+    assert by_id[sf_id(2)].attributes == {"AccountId": None, "LTV__c": 12.5}
     assert by_id[sf_id(1)].email is None and by_id[sf_id(1)].name == "Al Smith"
     assert sum(p.api_calls for p in pages) == len(responses.calls)

@@ -13,7 +13,7 @@ from responses.registries import OrderedRegistry
 
 from ltvsync.connectors.base import Destination, PushItem, PushResult
 from ltvsync.connectors.salesforce_push import SF_COLLECTIONS_MAX, SalesforceDestination
-from ltvsync.core.errors import BudgetExhaustedError, ConfigError, RecordError
+from ltvsync.core.errors import BudgetExhaustedError, ConfigError
 from ltvsync.core.retry import RetryPolicy
 
 from .test_salesforce_helpers import BASE, CONTACT_TYPES, describe, make_settings, sf_id
@@ -78,24 +78,52 @@ def test_plan_cuts_201_items_into_200_and_1() -> None:
     assert batches[1][0].customer_id == 201
 
 
-@responses.activate(assert_all_requests_are_fired=True)
-def test_plan_refuses_invalid_items_before_any_request() -> None:
+INVALID = [
+    PushItem(2, "not-an-id", {"ltv": 1.0}),
+    item(3, p_alive=1.7),
+    item(4, ltv="a lot"),
+    item(1, ltv=3.0),  # the same Contact twice
+    item(5, updated="2024-05-20T10:00:00"),  # naive datetime
+    PushItem(6, sf_id(6), {"favourite_colour": "blue"}),
+]
+
+
+def test_validate_names_every_invalid_item_without_any_request() -> None:
     dest = destination()
-    bad = [
-        item(1),
-        PushItem(2, "not-an-id", {"ltv": 1.0}),
-        item(3, p_alive=1.7),
-        item(4, ltv="a lot"),
-        item(1, ltv=3.0),  # the same Contact twice
-        item(5, updated="2024-05-20T10:00:00"),  # naive datetime
-        PushItem(6, sf_id(6), {"favourite_colour": "blue"}),
-    ]
-    with pytest.raises(RecordError, match="6 Salesforce push item"):
-        dest.plan(bad)
-    failures = dest.validate(bad)
+    failures = dest.validate([item(1), *INVALID])
     assert [f.customer_id for f in failures] == [2, 3, 4, 1, 5, 6]
     assert all(not f.ok and f.status_code == "INVALID_ITEM" for f in failures)
-    assert len(responses.calls) == 0 and dest.api_calls() == 0
+    assert "not-an-id" in (failures[0].message or "") and "p_alive" in (failures[1].message or "")
+    assert dest.api_calls() == 0
+
+
+@responses.activate(assert_all_requests_are_fired=True)
+def test_invalid_items_are_answered_locally_and_never_block_the_valid_ones() -> None:
+    only_valid = {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Contact"},
+                "id": sf_id(1),
+                "LTV__c": 121.5,
+                "P_Alive__c": 0.5,
+                "LTV_Tags__c": "vip;repeat",
+            }
+        ],
+    }
+    responses.patch(
+        COLLECTIONS,
+        json=[{"id": sf_id(1), "success": True, "errors": []}],
+        match=[matchers.json_params_matcher(only_valid, strict_match=True)],
+    )
+    dest = destination()
+    (batch,) = dest.plan([item(1), *INVALID])
+    results = dest.write(batch)
+    assert [(r.customer_id, r.ok, r.status_code) for r in results] == [
+        (1, True, None),
+        *[(i.customer_id, False, "INVALID_ITEM") for i in INVALID],
+    ]
+    assert dest.api_calls() == 1
 
 
 @responses.activate(assert_all_requests_are_fired=True)
