@@ -1,8 +1,9 @@
 """APScheduler wiring for the daemon: the cycle schedule, the weekly full refresh, and sync-now.
 
 Thin on purpose: the jobs call ``run_scheduled_cycle``, a plain function the CLI can call too.  One
-cycle at a time in this process (an in-process guard: sync-now during a cycle *joins* it) and across
-processes (``locked_cycle`` wraps the cycle in ``ltvsync.core.lock.cycle_lock``).
+cycle at a time in this process (an in-process guard: sync-now during a cycle *joins* it); across
+processes the cycle itself holds ``ltvsync.core.lock.cycle_lock`` (``pipeline.run_cycle`` takes it),
+and a held lock surfaces here as ``CycleNotStartedError`` (HTTP 409).
 
 Relies on the APScheduler 3.x user guide (BackgroundScheduler; job options ``max_instances``,
 ``coalesce``, ``misfire_grace_time``, ``replace_existing``) and on its ``CronTrigger.from_crontab``
@@ -25,7 +26,6 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from ltvsync.config.settings import ScheduleSettings
 from ltvsync.core.errors import LtvsyncError
-from ltvsync.core.lock import LockableStore, cycle_lock
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,6 @@ def cycle_trigger(schedule: ScheduleSettings) -> BaseTrigger:
     if schedule.cron:
         return crontab_trigger(schedule.cron)
     return IntervalTrigger(minutes=schedule.interval_minutes, timezone=UTC)
-
-
-def locked_cycle(cycle: CycleFn, store: LockableStore) -> CycleFn:
-    """Wrap ``cycle`` in the cross-process lock; a held lock raises ``LockHeldError`` before start."""
-
-    def run(trigger: str, on_started: Callable[[int], None]) -> int:
-        with cycle_lock(store):
-            return cycle(trigger, on_started)
-
-    return run
 
 
 def run_scheduled_cycle(daemon: Daemon, trigger: str) -> int | None:

@@ -26,7 +26,8 @@ from ltvsync.server.queries import StatusQueries
 log = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT_SECONDS = 10.0
-FAILED_STATUSES = frozenset({"failed", "error"})
+# "partial": the run finished but a stream or a destination failed (see its report).
+FAILED_STATUSES = frozenset({"failed", "partial"})
 CYCLE_FAILED = "cycle_failed"
 REJECTIONS = "rejections_over_threshold"
 LAG = "lag_over_threshold"
@@ -39,10 +40,8 @@ class AlertThresholds:
 
 
 def total_rejections(counts: object) -> int:
-    """Rejections recorded in a run's counts (``{"rejected": {stream: n}}`` or ``{"rejected": n}``)."""
-    raw = counts.get("rejected") if isinstance(counts, Mapping) else None
-    if isinstance(raw, Mapping):
-        return sum(int(v) for v in raw.values() if isinstance(v, int | float) and not isinstance(v, bool))
+    """Rejections recorded in a run's counts (the pipeline's ``{"rejections": n, ...}``)."""
+    raw = counts.get("rejections") if isinstance(counts, Mapping) else None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return int(raw)
     return 0
@@ -57,7 +56,7 @@ def evaluate(
     """The conditions active after a cycle, each with a human-readable message.  Pure."""
     active: dict[str, str] = {}
     if run is not None and run.status in FAILED_STATUSES:
-        active[CYCLE_FAILED] = f"sync run {run.id} failed: {run.error or run.status}"
+        active[CYCLE_FAILED] = f"sync run {run.id} {run.status}: {run.error or 'see its report'}"
     elif run is None and error is not None:
         active[CYCLE_FAILED] = f"sync cycle could not run: {error.__class__.__name__}: {error}"
     rejected = total_rejections(run.counts) if run is not None else 0

@@ -5,12 +5,10 @@ counts, cursor lag), so replicas and restarts agree and nothing is kept in proce
 Relies on the Prometheus "Exposition formats" page: ``# HELP`` / ``# TYPE`` lines, label-value
 escaping of backslash, double quote and newline.
 
-The last run's ``counts`` are read in this shape (what the pipeline records)::
-
-    {"loaded": {"salesforce.contacts": 120, ...}, "rejected": {"mixpanel.events": 2, ...},
-     "api_calls": {"salesforce": 14, ...}}
-
-A plain number instead of a mapping is exported with the label value ``all``.
+Per-stream and per-connector figures come from the last finished run's ``report`` as the pipeline
+stores it (``SyncReport.as_dict()``): ``streams`` is a list of ``{source, stream, records,
+rejections, api_calls, ...}`` and ``destinations`` a list of ``{destination, api_calls, ...}``.
+Entries that do not have that shape are skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -58,18 +56,36 @@ def render(families: Iterable[Family]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _by_label(label: str, raw: object) -> tuple[Sample, ...]:
-    if isinstance(raw, bool):
-        return ()
-    if isinstance(raw, int | float):
-        return (Sample(((label, "all"),), float(raw)),)
-    if isinstance(raw, Mapping):
-        return tuple(
-            Sample(((label, str(key)),), float(val))
-            for key, val in sorted(raw.items(), key=lambda kv: str(kv[0]))
-            if isinstance(val, int | float) and not isinstance(val, bool)
-        )
-    return ()
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _entries(report: object, key: str) -> list[Mapping[str, object]]:
+    items = report.get(key) if isinstance(report, Mapping) else None
+    return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
+
+
+def _per_stream(report: object, field: str) -> tuple[Sample, ...]:
+    samples = []
+    for item in _entries(report, "streams"):
+        value = _number(item.get(field))
+        if value is not None:
+            labels = (("source", str(item.get("source", ""))), ("stream", str(item.get("stream", ""))))
+            samples.append(Sample(labels, value))
+    return tuple(samples)
+
+
+def _api_calls(report: object) -> tuple[Sample, ...]:
+    totals: dict[str, float] = {}
+    for key, name_field in (("streams", "source"), ("destinations", "destination")):
+        for item in _entries(report, key):
+            value = _number(item.get("api_calls"))
+            if value is not None:
+                name = str(item.get(name_field, ""))
+                totals[name] = totals.get(name, 0.0) + value
+    return tuple(Sample((("connector", name),), value) for name, value in sorted(totals.items()))
 
 
 def collect(
@@ -78,8 +94,7 @@ def collect(
     lags: Iterable[StreamLag],
     daemon: DaemonStatus,
 ) -> list[Family]:
-    counts = last_finished.counts if last_finished is not None else None
-    counts = counts if isinstance(counts, Mapping) else {}
+    report = last_finished.report if last_finished is not None else None
     duration = last_finished.duration_seconds if last_finished is not None else None
     return [
         Family(
@@ -98,19 +113,19 @@ def collect(
             "ltvsync_last_run_records_loaded",
             "gauge",
             "Records loaded per stream by the last finished run.",
-            _by_label("stream", counts.get("loaded")),
+            _per_stream(report, "records"),
         ),
         Family(
             "ltvsync_last_run_api_calls",
             "gauge",
-            "API calls per connector made by the last finished run.",
-            _by_label("connector", counts.get("api_calls")),
+            "API calls per connector (sources and destinations) made by the last finished run.",
+            _api_calls(report),
         ),
         Family(
             "ltvsync_last_run_rejections",
             "gauge",
             "Payloads rejected (quarantined) per stream by the last finished run.",
-            _by_label("stream", counts.get("rejected")),
+            _per_stream(report, "rejections"),
         ),
         Family(
             "ltvsync_cursor_lag_seconds",

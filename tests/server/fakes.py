@@ -20,9 +20,26 @@ from ltvsync.core.status_queries import (
 from ltvsync.scheduler import CycleTicket, DaemonStatus, JobInfo
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+# The shape ``SyncReport.as_dict()`` stores in ``sync_run.report`` (trimmed).
+PIPELINE_REPORT: dict[str, object] = {
+    "status": "ok",
+    "streams": [
+        {"source": "salesforce", "stream": "contacts", "records": 120, "rejections": 0, "api_calls": 9},
+        {"source": "salesforce", "stream": "opportunities", "records": 0, "rejections": 0, "api_calls": 2},
+        {"source": "mixpanel", "stream": "events", "records": 900, "rejections": 3, "api_calls": 2},
+        {"source": "broken"},
+        "not-a-mapping",
+    ],
+    "destinations": [{"destination": "salesforce", "ok": 40, "api_calls": 3}],
+}
 
 
-def finished_run(run_id: int, status: str = "ok", **counts: object) -> RunView:
+def finished_run(
+    run_id: int,
+    status: str = "ok",
+    counts: dict[str, int] | None = None,
+    report: dict[str, object] | None = None,
+) -> RunView:
     return RunView(
         id=run_id,
         trigger="schedule",
@@ -30,8 +47,8 @@ def finished_run(run_id: int, status: str = "ok", **counts: object) -> RunView:
         started_at=T0 + timedelta(hours=run_id),
         finished_at=T0 + timedelta(hours=run_id, seconds=42.5),
         duration_seconds=42.5,
-        counts=dict(counts),
-        report=None,
+        counts=counts or {},
+        report=report,
         error=None if status == "ok" else "TransientError: 503 from Zendesk",
     )
 
@@ -41,12 +58,7 @@ class FakeQueries:
         self.lock = threading.Lock()
         self.run_rows: dict[int, RunView] = {
             1: finished_run(1, "failed"),
-            2: finished_run(
-                2,
-                loaded={"salesforce.contacts": 120, "mixpanel.events": 900},
-                rejected={"mixpanel.events": 3},
-                api_calls={"salesforce": 14, "mixpanel": 2},
-            ),
+            2: finished_run(2, counts={"records": 1020, "rejections": 3}, report=PIPELINE_REPORT),
         }
         self.lags = [
             StreamLag("salesforce", "contacts", "2026-12-04T08:00:00Z", T0, 3600.0, "cursor"),

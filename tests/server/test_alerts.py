@@ -36,7 +36,7 @@ def _bodies(rsps: responses.RequestsMock) -> list[dict[str, object]]:
 
 
 def test_evaluate_each_condition() -> None:
-    ok = finished_run(5, "ok", rejected={"a": 4, "b": 7})
+    ok = finished_run(5, "ok", counts={"records": 50, "rejections": 11})
     lag_ok = StreamLag("sf", "contacts", None, AT, 60.0, "updated_at")
     lag_bad = StreamLag("zd", "tickets", None, AT, 4 * 3600.0, "updated_at")
     assert evaluate(finished_run(5, "ok"), None, [lag_ok], THRESHOLDS) == {}
@@ -44,8 +44,10 @@ def test_evaluate_each_condition() -> None:
     assert set(evaluate(finished_run(6, "failed"), None, [lag_bad], THRESHOLDS)) == {CYCLE_FAILED, LAG}
     assert "zd.tickets (240 min)" in evaluate(None, None, [lag_bad], THRESHOLDS)[LAG]
     assert set(evaluate(None, TransientError("503"), [], THRESHOLDS)) == {CYCLE_FAILED}
-    assert total_rejections({"rejected": 12}) == 12
-    assert total_rejections({"rejected": {"x": True}}) == 0 and total_rejections(None) == 0
+    assert set(evaluate(finished_run(7, "partial"), None, [], THRESHOLDS)) == {CYCLE_FAILED}
+    assert set(evaluate(finished_run(7, "stopped"), None, [], THRESHOLDS)) == set()
+    assert total_rejections({"rejections": 12}) == 12
+    assert total_rejections({"rejections": True}) == 0 and total_rejections(None) == 0
 
 
 @responses.activate(assert_all_requests_are_fired=True)

@@ -139,9 +139,13 @@ def test_metrics_exposition(client: TestClient, auth: dict[str, str]) -> None:
     assert 'ltvsync_runs_total{status="failed"} 1' in lines
     assert 'ltvsync_runs_total{status="ok"} 1' in lines
     assert "ltvsync_last_run_duration_seconds 42.5" in lines
-    assert 'ltvsync_last_run_records_loaded{stream="mixpanel.events"} 900' in lines
+    assert 'ltvsync_last_run_records_loaded{source="mixpanel",stream="events"} 900' in lines
+    assert 'ltvsync_last_run_records_loaded{source="salesforce",stream="opportunities"} 0' in lines
+    # Source and destination calls of the same connector add up.
     assert 'ltvsync_last_run_api_calls{connector="salesforce"} 14' in lines
-    assert 'ltvsync_last_run_rejections{stream="mixpanel.events"} 3' in lines
+    assert 'ltvsync_last_run_api_calls{connector="mixpanel"} 2' in lines
+    assert 'ltvsync_last_run_rejections{source="mixpanel",stream="events"} 3' in lines
+    assert not any("broken" in line for line in lines)
     assert 'ltvsync_cursor_lag_seconds{connector="zendesk",stream="tickets"} 7200' in lines
     assert "ltvsync_cycle_running 0" in lines
     assert "# TYPE ltvsync_runs_total counter" in lines
