@@ -1,9 +1,10 @@
 """Salesforce destination: writes LTV fields onto Contacts with sObject Collections or Bulk 2.0.
 
-``plan`` validates every item before the first request (ids look like Salesforce ids, values have
-the type their field needs, no id twice) and cuts batches of ``SF_COLLECTIONS_MAX``; ``write``
-sends one ``PATCH composite/sobjects`` with ``allOrNone: false`` and returns one ``PushResult``
-per record, in order.  Above ``bulk_push_threshold`` records the pipeline calls ``write_bulk``,
+Every item is validated before the first request (ids look like Salesforce ids, values have the
+type their field needs, no id twice); an invalid item is answered locally with ``INVALID_ITEM`` and
+never sent, so it cannot block the others.  ``plan`` cuts batches of ``SF_COLLECTIONS_MAX``;
+``write`` sends one ``PATCH composite/sobjects`` with ``allOrNone: false`` and returns one
+``PushResult`` per record, in order.  Above ``bulk_push_threshold`` records the pipeline calls ``write_bulk``,
 one Bulk API 2.0 update job (see ``salesforce_bulk``).  Which values to send is the core's
 decision (edit protection compares ``PushItem.previous`` with what the pull read); this module
 only writes what it is handed and never sends a null unless ``write_nulls``.
@@ -28,7 +29,7 @@ import requests
 
 from ltvsync.config.settings import SalesforceSettings
 from ltvsync.connectors.base import FieldValue, PushItem, PushResult
-from ltvsync.connectors.salesforce_bulk import bulk_update
+from ltvsync.connectors.salesforce_bulk import Outcome, bulk_update
 from ltvsync.connectors.salesforce_client import SalesforceClient
 from ltvsync.core.errors import ConfigError
 from ltvsync.core.retry import RetryPolicy
@@ -226,20 +227,32 @@ class SalesforceDestination:
 
     def write_bulk(self, items: Sequence[PushItem]) -> list[PushResult]:
         """One Bulk API 2.0 update job for a large push; one result per item, in order."""
-        failures = {f.customer_id: f for f in self.validate(items)}
-        good = [item for item in items if item.customer_id not in failures]
-        rows = [(item.target_id, self.fields_for(item.values)) for item in good]
-        with self._counting():
-            outcome = bulk_update(self.client, self.settings.push_object, rows, wait=self.bulk_poll_seconds)
+        seen: set[str] = set()
+        problems: list[str | None] = []
+        for item in items:  # by position: one customer may own several contacts
+            problems.append(self._problem(item, seen))
+            seen.add(item.target_id)
+        fields = [self.fields_for(item.values) for item in items]
+        rows = [
+            (it.target_id, f) for it, f, p in zip(items, fields, problems, strict=True) if p is None and f
+        ]
+        outcome: dict[str, Outcome] = {}
+        if rows:
+            with self._counting():
+                outcome = bulk_update(
+                    self.client, self.settings.push_object, rows, wait=self.bulk_poll_seconds
+                )
         results = []
-        for item in items:
-            if item.customer_id in failures:
-                results.append(failures[item.customer_id])
-                continue
-            ok, code, message = outcome.get(
-                item.target_id, (False, "UNPROCESSED", "not in the job's results")
-            )
-            results.append(PushResult(item.customer_id, ok, code, message))
+        for item, sent, problem in zip(items, fields, problems, strict=True):
+            if problem is not None:
+                results.append(_invalid(item, problem))
+            elif not sent:  # nothing but nulls: nothing to write
+                results.append(PushResult(item.customer_id, ok=True, skipped=True))
+            else:
+                ok, code, message = outcome.get(
+                    item.target_id, (False, "UNPROCESSED", "not in the job's results")
+                )
+                results.append(PushResult(item.customer_id, ok, code, message))
         return results
 
 

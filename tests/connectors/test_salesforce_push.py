@@ -222,7 +222,13 @@ def _csv_rows(text: str) -> list[dict[str, str]]:
 
 @responses.activate(assert_all_requests_are_fired=True)
 def test_write_bulk_runs_one_update_job_and_reports_per_record() -> None:
-    items = [item(1), item(2), item(3, p_alive=None), PushItem(4, "bogus", {"ltv": 1.0})]
+    items = [
+        item(1),
+        item(2),
+        item(3, p_alive=None),
+        PushItem(4, "bogus", {"ltv": 1.0}),
+        PushItem(1, sf_id(7), {"ltv": None}),  # customer 1's second contact: nothing but nulls
+    ]
     uploaded: list[str] = []
 
     def upload(request: Any) -> tuple[int, dict[str, str], str]:
@@ -269,7 +275,9 @@ def test_write_bulk_runs_one_update_job_and_reports_per_record() -> None:
         (2, False, "INVALID_CROSS_REFERENCE_KEY"),
         (3, True, None),
         (4, False, "INVALID_ITEM"),
+        (1, True, None),
     ]
+    assert results[4].skipped and not results[0].skipped
     assert results[1].message == "invalid cross reference id"
     (sent,) = uploaded
     rows = {r["Id"]: r for r in _csv_rows(sent)}
