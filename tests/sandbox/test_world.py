@@ -164,12 +164,12 @@ def test_dead_customers_die_right_after_their_last_purchase(world: World) -> Non
             continue
         last_close[i] = max(last_close.get(i, ""), o["CloseDate"])
     assert np.all(t.death[t.alive] > AS_OF.timestamp()) and np.all(t.death[~t.alive] <= AS_OF.timestamp())
-    dead = [i for i in np.flatnonzero(~t.alive) if i not in dirty]
+    dead = [int(j) for j in np.flatnonzero(~t.alive) if int(j) not in dirty]
     assert 0.05 < len(dead) / N < 0.6
-    for i in dead:
+    for d in dead:
         # BG/NBD: dropout happens right after a repeat purchase, so the death day is the last order day.
-        assert t.repeat_purchases[i] > 0
-        assert last_close[i] == datetime.fromtimestamp(t.death[i], UTC).date().isoformat()
+        assert t.repeat_purchases[d] > 0
+        assert last_close[d] == datetime.fromtimestamp(t.death[d], UTC).date().isoformat()
 
 
 def test_mean_spend_matches_gamma_gamma(world: World) -> None:
