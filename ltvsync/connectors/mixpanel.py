@@ -51,8 +51,9 @@ from ltvsync.core.records import (
 from ltvsync.core.retry import RetryPolicy
 
 SOURCE = "mixpanel"
-# Days per export request: fewer requests under the 60 queries/hour export limit, bounded memory.
-EXPORT_WINDOW_DAYS = 7
+# Days per export request: a two-year backfill takes 24 requests, inside the 60 queries/hour
+# export limit (7-day windows needed 105 and stalled on 429s); memory stays bounded by a month.
+EXPORT_WINDOW_DAYS = 31
 ENGAGE_PAGE_SIZE = 1000  # Mixpanel's fixed engage page size
 # Only these profile properties are fetched: smaller pages, no unrelated personal data.
 PROFILE_PROPERTIES = ["$email", "$name", "$created", "$last_seen"]

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ltvsync.config.settings import Settings
@@ -168,7 +168,7 @@ def _run_locked(
     report = SyncReport(run_id, trigger, started_at=cycle.clock().isoformat())
     if on_started is not None:
         on_started(run_id)
-    as_of = opts.as_of or cycle.clock()
+    as_of = opts.as_of or end_of_day(cycle.clock())
     try:
         if "pull" in opts.stages:
             _pull(cycle, opts, report, run_id, stop, progress)
@@ -187,6 +187,16 @@ def _run_locked(
     error = "; ".join(report.errors) or None
     store.finish_run(run_id, report.status, report.counts(), report.as_dict(), error)
     return report
+
+
+def end_of_day(moment: datetime) -> datetime:
+    """The end of ``moment``'s UTC day: the default ``as_of`` of a computation.
+
+    Values computed at a day's granularity stay identical between cycles of the same day when no
+    data changed, so an unchanged customer costs no push; a purchase made today still counts.
+    """
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day + timedelta(days=1)
 
 
 def _status(report: SyncReport, stop: threading.Event | None) -> str:

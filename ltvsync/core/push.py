@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select
 
 from ltvsync.core.errors import BudgetExhaustedError, ConfigError, LtvsyncError, RecordError, TransientError
 from ltvsync.core.store import PushStateRow, Store
@@ -319,17 +319,28 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def metrics_rows(conn: Connection) -> list[Mapping[str, Any]]:
-    """Every counted customer's metrics with email and name."""
-    sql = """
-        SELECT c.id AS customer_id, c.email AS email, c.name AS name, cm.orders AS orders,
-               cm.ltv_simple AS ltv_simple, cm.ltv_predicted AS ltv_predicted, cm.p_alive AS p_alive,
-               cm.tags AS tags, cm.as_of AS as_of
-        FROM customer_metrics cm JOIN customer c ON c.id = cm.customer_id
-        WHERE c.merged_into IS NULL
-        ORDER BY c.id
-    """
-    return [dict(r._mapping) for r in conn.execute(text(sql))]
+def metrics_rows(conn: Connection) -> list[dict[str, Any]]:
+    """Every counted customer's metrics with email and name (typed columns: aware datetimes)."""
+    from ltvsync.core import models as m
+
+    c, cm = m.TABLES["customer"], m.TABLES["customer_metrics"]
+    query = (
+        select(
+            c.c.id.label("customer_id"),
+            c.c.email,
+            c.c.name,
+            cm.c.orders,
+            cm.c.ltv_simple,
+            cm.c.ltv_predicted,
+            cm.c.p_alive,
+            cm.c.tags,
+            cm.c.as_of,
+        )
+        .select_from(cm.join(c, c.c.id == cm.c.customer_id))
+        .where(c.c.merged_into.is_(None))
+        .order_by(c.c.id)
+    )
+    return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def source_targets(conn: Connection, source: str) -> dict[int, list[tuple[str, Mapping[str, Any]]]]:

@@ -159,16 +159,17 @@ def test_lag_window_rereads_from_cursor_minus_lag(fake: FakeMixpanel) -> None:
     assert cursors[:4] == ["2024-05-10"] * 4 and cursors[-2:] == ["2024-05-19", "2024-05-19"]
 
 
-def test_long_ranges_are_split_into_week_windows(fake: FakeMixpanel) -> None:
+def test_long_ranges_are_split_into_month_windows(fake: FakeMixpanel) -> None:
     fake.replies[EXPORT] = [(200, "")]
-    pages = list(source(fake, date(2024, 5, 20), start="2024-05-01").read("events", None))
+    pages = list(source(fake, date(2024, 3, 10), start="2024-01-01").read("events", None))
     windows = [(q["from_date"], q["to_date"]) for q in fake.queries(EXPORT)]
+    # 31-day windows: a two-year backfill fits Mixpanel's 60 export queries an hour.
     assert windows == [
-        ("2024-05-01", "2024-05-07"),
-        ("2024-05-08", "2024-05-14"),
-        ("2024-05-15", "2024-05-20"),
+        ("2024-01-01", "2024-01-31"),
+        ("2024-02-01", "2024-03-02"),
+        ("2024-03-03", "2024-03-10"),
     ]
-    assert len(pages) == 20
+    assert len(pages) == 70  # still one page (and cursor) per day
 
 
 def test_insert_id_duplicates_and_missing_insert_id(fake: FakeMixpanel) -> None:
