@@ -140,10 +140,10 @@ AIRTABLE_FIELDS = {
 
 @pytest.fixture
 def airtable_emulator() -> Iterator[AirtableEmulator]:
-    # time_scale 0.01: the 1 s rate-limit window is 10 ms, so only deliberate bursts trip it.
+    # Rate limits off so request counts are exact; the limiter has its own tests.
     emu = AirtableEmulator(
         {AIRTABLE_BASE: {"Customers": {}}},
-        Knobs(time_scale=0.01),
+        Knobs(rate_limits=False),
         fields={"Customers": dict(AIRTABLE_FIELDS)},
     )
     emu.start()
