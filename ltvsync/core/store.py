@@ -164,10 +164,15 @@ class Store:
             raise StoreError(f"cannot migrate store {self.url}: {type(exc).__name__}: {detail}") from exc
 
     def current_revision(self) -> str | None:
-        with self.engine.connect() as conn:
-            if not self.engine.dialect.has_table(conn, "alembic_version"):
-                return None
-            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        """The applied migration (``None`` for an empty database)."""
+        try:
+            with self.engine.connect() as conn:
+                if not self.engine.dialect.has_table(conn, "alembic_version"):
+                    return None
+                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except SQLAlchemyError as exc:
+            detail = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot read store {self.url}: {type(exc).__name__}: {detail}") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

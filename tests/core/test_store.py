@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 from sqlmodel import SQLModel
+from typer.testing import CliRunner
 
+from ltvsync.cli import app
 from ltvsync.core.errors import StoreError
 from ltvsync.core.models import TABLE_NAMES, TABLES
 from ltvsync.core.records import Rejection
-from ltvsync.core.store import PushStateRow, Store, normalize_url, safe_url
+from ltvsync.core.store import MIGRATIONS_DIR, PushStateRow, Store, normalize_url, safe_url
 
 BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 EVENT_KEY = ("source", "source_id")
@@ -214,7 +218,7 @@ def test_push_state_round_trip(store: Store) -> None:
 
 
 def test_schema_matches_models_and_upgrade_is_idempotent(store: Store, store_url: str) -> None:
-    assert store.current_revision() == "0001"
+    assert store.current_revision() == head_revision()
     Store.open(store_url).close()  # second start-up: nothing to do, nothing breaks
     mine = SQLModel.metadata.tables
     with store.engine.connect() as conn:
@@ -224,6 +228,28 @@ def test_schema_matches_models_and_upgrade_is_idempotent(store: Store, store_url
     relevant = [d for d in diffs if _diff_table(d) in TABLE_NAMES]
     assert relevant == []
     assert set(TABLE_NAMES) <= set(mine)
+
+
+def head_revision() -> str | None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_db_upgrade_command(store_url: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["db", "upgrade", "--url", store_url])
+    assert first.exit_code == 0, first.output
+    assert f"empty → {head_revision()}" in first.output
+    # --config is read when --url is absent; --url wins when both are given.
+    config = tmp_path / "ltvsync.toml"
+    config.write_text(f'[store]\nurl = "{store_url}"\n', encoding="utf-8")
+    again = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert again.exit_code == 0 and "already at" in again.output
+    shown = runner.invoke(app, ["db", "current", "--config", str(config), "--url", store_url])
+    assert shown.exit_code == 0 and f"revision {head_revision()}" in shown.output
+    refused = runner.invoke(app, ["db", "upgrade", "--url", "postgresql://app:hunter2@127.0.0.1:1/ltv"])
+    assert refused.exit_code == 1 and "hunter2" not in refused.output
 
 
 def _diff_table(diff: object) -> str | None:
