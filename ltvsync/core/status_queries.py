@@ -2,8 +2,10 @@
 
 Plain SELECTs over the store's tables (``ltvsync.core.models``) through SQLAlchemy Core, so the
 same code runs on SQLite and Postgres; month bucketing is the one dialect-specific expression.
-Tables that later migrations add (tag history) are looked up at query time and their absence is
-not an error: the answer falls back to what ``customer_metrics`` holds now.
+The tag and cohort stage's snapshot tables (``tag_count_snapshot``, ``cohort_snapshot``, migration
+0002) are preferred when they hold rows; they are reflected at query time, so their absence (an
+older schema, a stage that has not run yet) is not an error: the answers are then computed from
+``customer``, ``purchase`` and ``customer_metrics``.
 
 Relies on the SQLAlchemy 2.x Core tutorial (select, func, group_by) and on the SQLite
 ``strftime`` / PostgreSQL ``to_char`` date formatting functions.
@@ -28,7 +30,8 @@ MAX_HISTOGRAM_BINS = 200
 # Bins span [0, this quantile]; the rest goes to an overflow bin so one whale can't flatten the chart.
 HISTOGRAM_TOP_QUANTILE = 0.99
 MAX_COHORTS = 24
-TAG_HISTORY_TABLE = "tag_history"
+TAG_COUNT_TABLE = "tag_count_snapshot"
+COHORT_TABLE = "cohort_snapshot"
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,9 @@ class SqlStatusQueries:
         return histogram(values, bins)
 
     def tag_counts(self) -> list[TagSeries]:
-        if self._has(TAG_HISTORY_TABLE):
-            series = self._tag_history()
-            if series is not None:
+        if self._has(TAG_COUNT_TABLE):
+            series = self._tag_snapshots()
+            if series:
                 return series
         metrics = TABLES["customer_metrics"]
         if not self._has(metrics.name):
@@ -260,6 +263,13 @@ class SqlStatusQueries:
         return _series(counts.items())
 
     def cohorts(self, max_cohorts: int = MAX_COHORTS) -> CohortMatrix:
+        if self._has(COHORT_TABLE):
+            matrix = self._cohort_snapshots(max_cohorts)
+            if matrix.rows:
+                return matrix
+        return self._cohorts_from_facts(max_cohorts)
+
+    def _cohorts_from_facts(self, max_cohorts: int) -> CohortMatrix:
         customer, purchase, metrics = TABLES["customer"], TABLES["purchase"], TABLES["customer_metrics"]
         if not self._has(customer.name):
             return CohortMatrix("month", ())
@@ -317,17 +327,43 @@ class SqlStatusQueries:
             return func.to_char(func.timezone("UTC", column), "YYYY-MM")
         return func.strftime("%Y-%m", column)
 
-    def _tag_history(self) -> list[TagSeries] | None:
-        table = Table(TAG_HISTORY_TABLE, MetaData(), autoload_with=self._engine)
-        names = set(table.c.keys())
-        day_col = next((c for c in ("day", "as_of", "date") if c in names), None)
-        count_col = next((c for c in ("customers", "count", "n") if c in names), None)
-        if "tag" not in names or day_col is None or count_col is None:
-            return None
-        query = select(table.c.tag, table.c[day_col], table.c[count_col])
+    def _tag_snapshots(self) -> list[TagSeries]:
+        table = Table(TAG_COUNT_TABLE, MetaData(), autoload_with=self._engine)
+        query = select(table.c.tag, table.c.day, table.c.customers)
         with self._engine.connect() as conn:
             items = [((str(tag), _as_date(day)), int(n)) for tag, day, n in conn.execute(query)]
         return _series(items)
+
+    def _cohort_snapshots(self, max_cohorts: int) -> CohortMatrix:
+        table = Table(COHORT_TABLE, MetaData(), autoload_with=self._engine)
+        c = table.c
+        with self._engine.connect() as conn:
+            latest = conn.execute(select(func.max(c.snapshot_date)).where(c.period == "month")).scalar()
+            if latest is None:
+                return CohortMatrix("month", ())
+            query = (
+                select(table)
+                .where(c.period == "month", c.snapshot_date == latest)
+                .order_by(c.period_start.desc())
+                .limit(max_cohorts)
+            )
+            rows = [row._mapping for row in conn.execute(query)]
+        result = []
+        for row in reversed(rows):
+            retention = tuple(float(v) for v in _json_list(row["retention"]))
+            revenue = _json_list(row["revenue_per_customer"])
+            avg = row["ltv_predicted_avg"] if row["ltv_predicted_avg"] is not None else row["ltv_simple_avg"]
+            result.append(
+                CohortRow(
+                    cohort=_as_date(row["period_start"]).strftime("%Y-%m"),
+                    size=int(row["customers"]),
+                    retention=retention,
+                    avg_ltv=float(avg) if avg is not None else None,
+                    # The snapshot's list is cumulative; its last value is revenue to date.
+                    revenue_per_customer=float(revenue[-1]) if revenue else None,
+                )
+            )
+        return CohortMatrix("month", tuple(result))
 
 
 def histogram(values: list[float], bins: int = DEFAULT_HISTOGRAM_BINS) -> LtvHistogram:
@@ -374,6 +410,19 @@ def _series(items: Iterable[tuple[tuple[str, date], int]]) -> list[TagSeries]:
     return [
         TagSeries(tag, tuple(sorted(points, key=lambda p: p.day))) for tag, points in sorted(by_tag.items())
     ]
+
+
+def _json_list(raw: object) -> list[float]:
+    """A JSON list of numbers stored as text (reflection returns the raw text); bad input is empty."""
+    loaded: object = raw
+    if isinstance(raw, str):
+        try:
+            loaded = json.loads(raw)
+        except ValueError:
+            return []
+    if not isinstance(loaded, list):
+        return []
+    return [float(v) for v in loaded if isinstance(v, int | float) and not isinstance(v, bool)]
 
 
 def _as_date(value: object) -> date:

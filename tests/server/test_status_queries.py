@@ -237,15 +237,50 @@ def test_missing_tables_give_empty_answers(engine: Engine) -> None:
     assert q.ltv_distribution().total == 0 and q.tag_counts() == [] and q.cohorts().rows == ()
 
 
-def test_tag_history_table_is_used_when_it_exists(engine: Engine) -> None:
+def test_snapshot_tables_are_preferred_when_they_hold_rows(engine: Engine) -> None:
     _schema(engine)
+    _seed(engine)
+    # DDL as in migration 0002 (tag and cohort stage), written out so this test pins the shape.
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE tag_history (day DATE, tag VARCHAR(64), customers INTEGER)"))
+        conn.execute(text("CREATE TABLE tag_count_snapshot (day DATE, tag VARCHAR(64), customers INTEGER)"))
         conn.execute(
-            text("INSERT INTO tag_history VALUES ('2026-11-01', 'vip', 3), ('2026-11-08', 'vip', 5)")
+            text(
+                "CREATE TABLE cohort_snapshot (snapshot_date DATE, period VARCHAR(8), period_start DATE, "
+                "customers INTEGER, ltv_simple_avg FLOAT, ltv_predicted_avg FLOAT, retention TEXT, "
+                "revenue_per_customer TEXT, as_of TIMESTAMP)"
+            )
         )
-    series = SqlStatusQueries(engine).tag_counts()
-    assert [(s.tag, [p.count for p in s.points]) for s in series] == [("vip", [3, 5])]
+    q = SqlStatusQueries(engine, clock=lambda: NOW)
+    # Empty snapshot tables: computed from the facts instead.
+    assert {s.tag for s in q.tag_counts()} == {"loyal", "one_time_buyer", "vip"}
+    assert [r.cohort for r in q.cohorts().rows] == ["2026-10", "2026-11"]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tag_count_snapshot VALUES ('2026-11-08', 'vip', 5), ('2026-11-01', 'vip', 3), "
+                "('2026-11-01', 'loyal', 9)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO cohort_snapshot VALUES "
+                "('2026-11-23', 'month', '2026-09-01', 50, 10.0, NULL, '[1.0]', '[5.0]', "
+                "'2026-11-23 00:00:00'), "
+                "('2026-11-30', 'month', '2026-10-01', 40, 120.0, 150.0, '[1.0, 0.25]', '[30.0, 42.5]', "
+                "'2026-11-30 00:00:00'), "
+                "('2026-11-30', 'month', '2026-11-01', 20, 80.0, NULL, '[1.0]', 'not json', "
+                "'2026-11-30 00:00:00'), "
+                "('2026-11-30', 'week', '2026-11-23', 5, 1.0, NULL, '[1.0]', '[1.0]', '2026-11-30 00:00:00')"
+            )
+        )
+    series = {s.tag: [(p.day.isoformat(), p.count) for p in s.points] for s in q.tag_counts()}
+    assert series == {"loyal": [("2026-11-01", 9)], "vip": [("2026-11-01", 3), ("2026-11-08", 5)]}
+    rows = q.cohorts().rows
+    assert [(r.cohort, r.size, r.retention, r.avg_ltv, r.revenue_per_customer) for r in rows] == [
+        ("2026-10", 40, (1.0, 0.25), 150.0, 42.5),
+        ("2026-11", 20, (1.0,), 80.0, None),
+    ]
+    assert [r.cohort for r in q.cohorts(max_cohorts=1).rows] == ["2026-11"]
 
 
 def test_histogram_edges_and_overflow() -> None:
