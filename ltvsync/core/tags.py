@@ -1,0 +1,327 @@
+"""Behavioural tags: evaluate the rule set over every customer at once, keep membership and its
+enter/leave history, and watch churn.
+
+Evaluation is set-based: ``tag_features.read_features`` reads each feature family in one SQL
+pass into numpy arrays, and ``tag_masks`` turns every condition into a boolean mask (no loop per
+customer per rule).  Only customers whose membership changed get ``tag_history`` rows, each with
+the values that decided it and the model version in force.  A missing value (no model, no data)
+never satisfies a condition, whatever the operator.
+
+No vendor documentation is involved; rule semantics are in ``ltvsync.core.tag_rules``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from ltvsync.config.settings import Settings
+from ltvsync.core.models import TABLES
+from ltvsync.core.models_tags import TAG_TABLES
+from ltvsync.core.store import Store
+from ltvsync.core.tag_features import Features, FloatArray, read_features
+from ltvsync.core.tag_rules import Condition, Rule, rules_from_settings
+
+BoolArray = NDArray[np.bool_]
+SECONDS_PER_DAY = 86_400.0
+TAG_SEPARATOR = ";"
+EARLY_CHURN_DAYS = 30.0
+CHURN_REPORT_COHORTS = 6
+WEEK_AGO_DAYS = 7
+# A "week ago" snapshot older than this is too stale to compare with.
+WEEK_AGO_MAX_DAYS = 14
+AT_RISK_TAG = "at-risk"
+_CHUNK = 900  # SQLite's parameter limit, with room
+_COMPARE: dict[str, Any] = {
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
+
+
+class Evaluator:
+    """Resolves feature keys (including derived metrics) and percentile thresholds once per run."""
+
+    def __init__(self, features: Features, as_of: datetime) -> None:
+        self.features = features
+        self.as_of_day = as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
+        self._cache: dict[str, FloatArray] = {}
+        self._thresholds: dict[tuple[str, float], float] = {}
+
+    def metric(self, key: str) -> FloatArray:
+        if key not in self._cache:
+            self._cache[key] = self._derive(key)
+        return self._cache[key]
+
+    def _derive(self, key: str) -> FloatArray:
+        f = self.features
+        if key in f.values:
+            return f.values[key]
+        metric, _, window = key.partition("@")
+        if metric == "logins_trend":
+            last = self.metric(f"logins_window@{window}")
+            prev = self.metric(f"logins_prev_window@{window}")
+            # No logins before: no trend to speak of (NaN never matches).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(prev > 0, last / np.where(prev > 0, prev, 1.0), np.nan)
+        if metric == "days_since_activity":
+            since = self.metric("days_since_start")
+            return np.where(np.isnan(f.last_activity_day), since, self.as_of_day - f.last_activity_day)
+        if metric == "ltv_percentile":
+            ltv = self.metric("ltv_predicted")
+            ltv = np.where(np.isnan(ltv), self.metric("ltv_simple"), ltv)
+            return percentile_rank(ltv)
+        raise KeyError(f"feature {key!r} was not read; is it in a rule?")
+
+    def threshold(self, cond: Condition) -> float:
+        if cond.percentile is None:
+            assert cond.value is not None
+            return float(cond.value)
+        key = (cond.key, cond.percentile)
+        if key not in self._thresholds:
+            values = self.metric(cond.key)
+            finite = values[np.isfinite(values)]
+            self._thresholds[key] = float(np.percentile(finite, cond.percentile)) if len(finite) else math.nan
+        return self._thresholds[key]
+
+    def condition(self, cond: Condition) -> BoolArray:
+        x = self.metric(cond.key)
+        t = self.threshold(cond)
+        if math.isnan(t):
+            return np.zeros(len(x), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            mask: BoolArray = _COMPARE[cond.op](x, t)
+        return mask & ~np.isnan(x)
+
+    def rule(self, rule: Rule) -> BoolArray:
+        n = len(self.features)
+        mask = np.ones(n, dtype=bool)
+        for node in rule.all:
+            mask &= self.node(node)
+        if rule.any:
+            some = np.zeros(n, dtype=bool)
+            for node in rule.any:
+                some |= self.node(node)
+            mask &= some
+        return mask
+
+    def node(self, node: Condition | Rule) -> BoolArray:
+        return self.condition(node) if isinstance(node, Condition) else self.rule(node)
+
+    def reasons(self, rule: Rule, rows: NDArray[np.intp]) -> list[dict[str, Any]]:
+        """For each row index, the values the rule read and the thresholds it compared them with."""
+        conds = rule.conditions()
+        keys = sorted({c.key for c in conds})
+        limits = {c.describe(): _finite(self.threshold(c)) for c in conds}
+        table = np.column_stack([self.metric(k)[rows] for k in keys]) if keys else np.zeros((len(rows), 0))
+        out = []
+        for values in table.tolist():
+            row = {k: _finite(v) for k, v in zip(keys, values, strict=True)}
+            out.append({"values": row, "thresholds": limits})
+        return out
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 6) if math.isfinite(value) else None
+
+
+def percentile_rank(values: FloatArray) -> FloatArray:
+    """0-100: the share of known values at or below each value (NaN stays NaN)."""
+    out = np.full(len(values), np.nan)
+    ok = np.isfinite(values)
+    known = np.sort(values[ok])
+    if len(known):
+        out[ok] = np.searchsorted(known, values[ok], side="right") / len(known) * 100.0
+    return out
+
+
+def tag_masks(features: Features, rules: Sequence[Rule], as_of: datetime) -> dict[str, BoolArray]:
+    """Tag name -> who holds it (aligned with ``features.customer_id``).  Pure: no I/O, no clock."""
+    ev = Evaluator(features, as_of)
+    return {rule.name: ev.rule(rule) for rule in rules}
+
+
+@dataclass
+class TagChanges:
+    entered: dict[str, NDArray[np.int64]] = field(default_factory=dict)
+    left: dict[str, NDArray[np.int64]] = field(default_factory=dict)
+
+
+def diff_membership(
+    ids: NDArray[np.int64], masks: Mapping[str, BoolArray], current: Mapping[str, NDArray[np.int64]]
+) -> TagChanges:
+    """Who enters and leaves each tag, given the stored membership (customer ids per tag).
+
+    Stored members no longer in the population (deleted, merged) leave too; tags no rule defines
+    any more are emptied.
+    """
+    changes = TagChanges()
+    for tag in sorted(set(masks) | set(current)):
+        now = ids[masks[tag]] if tag in masks else np.zeros(0, dtype=np.int64)
+        before = current.get(tag, np.zeros(0, dtype=np.int64))
+        changes.entered[tag] = np.setdiff1d(now, before, assume_unique=True)
+        changes.left[tag] = np.setdiff1d(before, now, assume_unique=True)
+    return changes
+
+
+def tags_hook(store: Store, conn: Connection, settings: Settings, as_of: datetime, report: Any) -> None:
+    """Compute tags, write membership changes and history, and fill ``report.tags``."""
+    rules = rules_from_settings(settings.tags)
+    features = read_features(conn, store.dialect, rules, as_of)
+    ev = Evaluator(features, as_of)
+    masks = {rule.name: ev.rule(rule) for rule in rules}
+    current = _membership(conn)
+    changes = diff_membership(features.customer_id, masks, current)
+    _write_changes(store, conn, features, ev, rules, changes, as_of)
+    _write_tag_strings(conn, features, masks)
+    counts = {tag: int(mask.sum()) for tag, mask in masks.items()}
+    _write_counts(store, conn, counts, as_of.astimezone(UTC).date())
+    report.tags = {
+        "counts": counts,
+        "entered": {t: len(v) for t, v in changes.entered.items() if len(v)},
+        "left": {t: len(v) for t, v in changes.left.items() if len(v)},
+        "churn": churn_summary(conn, ev, counts.get(AT_RISK_TAG), as_of),
+    }
+
+
+def _membership(conn: Connection) -> dict[str, NDArray[np.int64]]:
+    t = TAG_TABLES["tag_membership"]
+    by_tag: dict[str, list[int]] = {}
+    for cid, tag in conn.execute(select(t.c.customer_id, t.c.tag)):
+        by_tag.setdefault(tag, []).append(cid)
+    return {tag: np.unique(np.asarray(ids, dtype=np.int64)) for tag, ids in by_tag.items()}
+
+
+def _write_changes(
+    store: Store,
+    conn: Connection,
+    features: Features,
+    ev: Evaluator,
+    rules: Sequence[Rule],
+    changes: TagChanges,
+    as_of: datetime,
+) -> None:
+    by_name = {rule.name: rule for rule in rules}
+    ids = features.customer_id
+    membership = TAG_TABLES["tag_membership"]
+    history: list[dict[str, Any]] = []
+    for tag in sorted(set(changes.entered) | set(changes.left)):
+        rule = by_name.get(tag)
+        for action, who in (("enter", changes.entered[tag]), ("leave", changes.left[tag])):
+            if not len(who):
+                continue
+            pos = np.searchsorted(ids, who)
+            pos_c = np.minimum(pos, max(len(ids) - 1, 0))
+            known = (ids[pos_c] == who) if len(ids) else np.zeros(len(who), dtype=bool)
+            reasons = ev.reasons(rule, pos_c) if rule is not None and len(ids) else [None] * len(who)
+            text = rule.describe() if rule is not None else "(rule removed)"
+            for i, cid in enumerate(who.tolist()):
+                values = reasons[i] if known[i] else {"reason": "no longer a counted customer"}
+                version = features.model_version[pos_c[i]] if known[i] else None
+                history.append(
+                    {
+                        "customer_id": cid,
+                        "tag": tag,
+                        "action": action,
+                        "at": as_of,
+                        "rule": text,
+                        "values": values,
+                        "model_version": version,
+                    }
+                )
+        left = changes.left[tag].tolist()
+        for i in range(0, len(left), _CHUNK):
+            chunk = left[i : i + _CHUNK]
+            conn.execute(
+                delete(membership).where(membership.c.tag == tag, membership.c.customer_id.in_(chunk))
+            )
+        entered = [{"customer_id": cid, "tag": tag, "since": as_of} for cid in changes.entered[tag].tolist()]
+        store.upsert_many(conn, membership, entered, key=("customer_id", "tag"))
+    if history:
+        conn.execute(insert(TAG_TABLES["tag_history"]), history)
+
+
+def tag_strings(ids: NDArray[np.int64], masks: Mapping[str, BoolArray]) -> list[str | None]:
+    """``customer_metrics.tags`` per customer: names sorted, ';'-separated, None for no tag."""
+    parts: list[list[str]] = [[] for _ in range(len(ids))]
+    for tag in sorted(masks):
+        for i in np.flatnonzero(masks[tag]).tolist():
+            parts[i].append(tag)
+    return [TAG_SEPARATOR.join(p) if p else None for p in parts]
+
+
+def _write_tag_strings(conn: Connection, features: Features, masks: Mapping[str, BoolArray]) -> None:
+    t = TABLES["customer_metrics"]
+    new = tag_strings(features.customer_id, masks)
+    changed = [
+        {"cid": int(cid), "tags": tags}
+        for cid, tags, old in zip(features.customer_id.tolist(), new, features.stored_tags, strict=True)
+        if tags != (old or None)
+    ]
+    if changed:
+        stmt = update(t).where(t.c.customer_id == bindparam("cid")).values(tags=bindparam("tags"))
+        conn.execute(stmt, changed)
+
+
+def _write_counts(store: Store, conn: Connection, counts: Mapping[str, int], day: date) -> None:
+    rows = [{"day": day, "tag": tag, "customers": n} for tag, n in counts.items()]
+    store.upsert_many(conn, TAG_TABLES["tag_count_snapshot"], rows, key=("day", "tag"))
+
+
+def churn_summary(conn: Connection, ev: Evaluator, at_risk: int | None, as_of: datetime) -> dict[str, Any]:
+    """At-risk count and its change since about a week ago, and early vanishing per start month."""
+    day = as_of.astimezone(UTC).date()
+    t = TAG_TABLES["tag_count_snapshot"]
+    query = (
+        select(t.c.day, t.c.customers)
+        .where(
+            t.c.tag == AT_RISK_TAG,
+            t.c.day <= day - timedelta(days=WEEK_AGO_DAYS),
+            t.c.day >= day - timedelta(days=WEEK_AGO_MAX_DAYS),
+        )
+        .order_by(t.c.day.desc())
+        .limit(1)
+    )
+    before = conn.execute(query).first()
+    summary: dict[str, Any] = {
+        "at_risk": at_risk,
+        "at_risk_week_ago": None if before is None else int(before.customers),
+        "at_risk_change": None if before is None or at_risk is None else at_risk - int(before.customers),
+        "week_ago_day": None if before is None else before.day.isoformat(),
+    }
+    summary["early_vanish"] = early_vanish(ev, CHURN_REPORT_COHORTS)
+    return summary
+
+
+def early_vanish(ev: Evaluator, last: int) -> dict[str, dict[str, float | int]]:
+    """Per start month: customers at least 30 days old, and the share with no activity after day 30."""
+    f = ev.features
+    if not len(f):
+        return {}
+    since = ev.metric("days_since_start")
+    start = ev.as_of_day - since
+    eligible = since >= EARLY_CHURN_DAYS
+    active_late = f.last_activity_day >= start + EARLY_CHURN_DAYS  # NaN (never active) -> False
+    months = np.floor(start[eligible]).astype("datetime64[D]").astype("datetime64[M]")
+    vanished = ~active_late[eligible]
+    out: dict[str, dict[str, float | int]] = {}
+    for month in np.unique(months)[-last:]:
+        in_month = months == month
+        n = int(in_month.sum())
+        k = int(vanished[in_month].sum())
+        out[str(month)] = {"eligible": n, "vanished": k, "share": round(k / n, 4)}
+    return out
+
+
+def rule_by_name(rules: Iterable[Rule], name: str) -> Rule | None:
+    return next((r for r in rules if r.name == name), None)
