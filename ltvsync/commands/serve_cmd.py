@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -140,6 +141,10 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         timeout_graceful_shutdown=HTTP_GRACE_SECONDS,
     )
     http = _stopping_server(config, stop)
+    # uvicorn restores the handlers it found and re-raises the signal once it has stopped; with
+    # the default handlers that would kill the process before the cycle is waited for below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
     daemon.start()
     log.info("ltvsync daemon listening on %s:%s (store %s)", config.host, config.port, store.url)
     try:
