@@ -122,6 +122,15 @@ class Cycle:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     compute_hooks: Sequence[ComputeHook] = ()
     secrets: Iterable[str] = ()
+    # Sources and destinations whose check() passed: checked once per process, not per cycle,
+    # so a steady-state cycle spends no API calls on probes.
+    checked: set[str] = field(default_factory=set)
+
+    def check_once(self, name: str, check: Callable[[], None] | None) -> None:
+        if check is None or name in self.checked:
+            return
+        check()
+        self.checked.add(name)
 
     def redact(self, message: str) -> str:
         for secret in self.secrets:
@@ -224,8 +233,7 @@ def _pull(
             continue
         check = getattr(source, "check", None)
         try:
-            if callable(check):
-                check()
+            cycle.check_once(f"source:{source.name}", check if callable(check) else None)
         except (ConfigError, LtvsyncError) as exc:
             report.streams.append(
                 StreamReport(source.name, "*", status="failed", error=cycle.redact(str(exc))).as_dict()
@@ -285,8 +293,7 @@ def _push(
     for target in cycle.targets:
         dest_report = DestinationReport(target.name, dry_run=opts.dry_run)
         try:
-            if target.check is not None:
-                target.check()
+            cycle.check_once(f"destination:{target.name}", target.check)
             with store.engine.connect() as conn:
                 desired = target.desired(conn)
                 state = store.get_push_state(conn, target.name)
