@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ltvsync.sandbox import soql
@@ -25,6 +25,7 @@ from ltvsync.sandbox.tls import SandboxTLS, make_tls
 DEFAULT_BATCH_SIZE = 2000  # records per query page unless Sforce-Query-Options lowers it
 MIN_BATCH_SIZE = 200
 COLLECTIONS_MAX = 200  # sObject Collections records per request
+BUDGET_PERIOD = timedelta(hours=24)  # the daily API request allocation
 API = r"/services/data/v(?P<ver>\d+\.\d+)"
 ROLLED_BACK = WriteError(
     "ALL_OR_NONE_OPERATION_ROLLED_BACK",
@@ -53,9 +54,11 @@ class SalesforceEmulator(Emulator):
     ) -> None:
         super().__init__(knobs)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.store = SalesforceStore(objects, self.clock)
+        # Through a lambda so a test replacing ``self.clock`` moves the store's timestamps too.
+        self.store = SalesforceStore(objects, lambda: self.clock())
         self.daily_budget = daily_budget
         self.api_used = 0
+        self._budget_since = self.clock()
         self.session_id = session_id
         self.ca_path: str | None = None
         self._cursors: dict[str, tuple[list[dict[str, Any]], int]] = {}
@@ -100,6 +103,7 @@ class SalesforceEmulator(Emulator):
     def reset_usage(self) -> None:
         with self._lock:
             self.api_used = 0
+            self._budget_since = self.clock()
 
     # -- server ----------------------------------------------------------------------------------
     def start_tls(self, port: int = 0, tls: SandboxTLS | None = None) -> str:
@@ -113,6 +117,25 @@ class SalesforceEmulator(Emulator):
         resp.headers["Sforce-Limit-Info"] = self._usage()
         return resp
 
+    def rate_limited(self, retry_after: float) -> Response:
+        resp = super().rate_limited(retry_after)
+        resp.headers["Sforce-Limit-Info"] = self._usage()
+        return resp
+
+    def _spend(self) -> bool:
+        """Count one request against the daily budget; False when it is exhausted.
+
+        The budget is a 24-hour allocation: it refills when ``clock()`` has moved a day past the
+        start of the current period (a step approximation of Salesforce's rolling window)."""
+        with self._lock:
+            now = self.clock()
+            if now - self._budget_since >= BUDGET_PERIOD:
+                self._budget_since, self.api_used = now, 0
+            if self.api_used >= self.daily_budget:
+                return False
+            self.api_used += 1
+            return True
+
     def _usage(self) -> str:
         return f"api-usage={self.api_used}/{self.daily_budget}"
 
@@ -122,16 +145,11 @@ class SalesforceEmulator(Emulator):
         def guarded(req: Request, **groups: str) -> Response:
             if req.header("authorization") != f"Bearer {self.session_id}":
                 resp = sf_error(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            elif not self._spend():
+                resp = sf_error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
             else:
                 with self._lock:
-                    over = self.api_used >= self.daily_budget
-                    if not over:
-                        self.api_used += 1
-                if over:
-                    resp = sf_error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
-                else:
-                    with self._lock:
-                        resp = handler(req, **groups)
+                    resp = handler(req, **groups)
             resp.headers["Sforce-Limit-Info"] = self._usage()
             return resp
 

@@ -7,8 +7,9 @@ nillable, length, externalId, idLookup).  Datetimes on the wire are ``YYYY-MM-DD
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "User": "005"}
@@ -126,12 +127,28 @@ def check_value(spec: FieldSpec, value: Any) -> tuple[str, str] | None:
             "STRING_TOO_LONG",
             f"{spec.label}: data value too large: {value[:40]!r}... (max length={spec.length})",
         )
-    if spec.type == "datetime" and isinstance(value, str):
+    if spec.type in ("datetime", "date"):
+        if not isinstance(value, str):
+            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{spec.label}: value not of required type: {value!r}"
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
+            normalize(spec, value)
         except ValueError:
-            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{spec.label}: invalid datetime: {value!r}"
+            return "INVALID_TYPE_ON_FIELD_IN_RECORD", f"{spec.label}: invalid {spec.type}: {value!r}"
     return None
+
+
+def normalize(spec: FieldSpec, value: Any) -> Any:
+    """The value as Salesforce stores and returns it: datetimes in UTC ``.000+0000`` form (a value
+    without an offset is UTC), dates as ``YYYY-MM-DD``; raises ValueError for unparsable ones."""
+    if not isinstance(value, str) or spec.type not in ("datetime", "date"):
+        return value
+    if spec.type == "date":
+        return date.fromisoformat(value).isoformat()
+    text = value.replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", text):
+        text = f"{text[:-2]}:{text[-2:]}"
+    moment = datetime.fromisoformat(text)
+    return sf_datetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def from_csv(spec: FieldSpec, raw: str) -> tuple[bool, Any]:

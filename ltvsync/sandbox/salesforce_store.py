@@ -7,7 +7,6 @@ Responses" and sObject Collections docs (``statusCode``/``message``/``fields`` p
 
 from __future__ import annotations
 
-import copy
 import itertools
 import threading
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from ltvsync.sandbox.salesforce_schema import (
     FieldSpec,
     check_value,
     infer_type,
+    normalize,
     sf_datetime,
 )
 
@@ -54,7 +54,11 @@ class SalesforceStore:
     """sObjects by name → Id → wire record, plus the field specs each object exposes."""
 
     def __init__(self, objects: dict[str, dict[str, dict[str, Any]]], clock: Callable[[], datetime]) -> None:
-        self.objects: dict[str, dict[str, dict[str, Any]]] = copy.deepcopy(objects)
+        # Salesforce records are flat (scalar values), so a copy per record is a full copy and
+        # ~10x cheaper than deepcopy on a 5,000-contact world.
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {
+            name: {rid: dict(record) for rid, record in records.items()} for name, records in objects.items()
+        }
         for name in SCHEMA:
             self.objects.setdefault(name, {})
         self.clock = clock
@@ -110,7 +114,7 @@ class SalesforceStore:
             problem = check_value(spec, value)
             if problem is not None:
                 return clean, WriteError(problem[0], problem[1], (spec.name,))
-            clean[spec.name] = value
+            clean[spec.name] = normalize(spec, value)
         if creating:
             missing = [f for f in REQUIRED_ON_CREATE.get(obj, ()) if clean.get(f) in (None, "")]
             if missing:

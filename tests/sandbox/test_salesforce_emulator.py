@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+import requests
 from simple_salesforce.api import Salesforce
 from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
@@ -249,7 +250,7 @@ def test_single_record_update_and_someone_else_edits(
     assert contact.update(contact_id(7), {"LTV__c": 99.0}) == 204
     assert contact.get(contact_id(7))["LTV__c"] == 99.0
     later = AS_OF + timedelta(hours=1)
-    sf_emulator.clock = sf_emulator.store.clock = lambda: later
+    sf_emulator.clock = lambda: later
     sf_emulator.modify("Contact", contact_id(7), {"LTV__c": 1.0})
     record = sf_emulator.record("Contact", contact_id(7))
     assert record["SystemModstamp"] == sf_datetime(later) and record["LastModifiedDate"] == sf_datetime(later)
@@ -314,7 +315,8 @@ def test_bad_token_is_401_invalid_session_id(sf_client: Client) -> None:
 
 
 def test_daily_budget_exhaustion_is_403_and_usage_is_reported(sandbox_tls: SandboxTLS) -> None:
-    emu = SalesforceEmulator({"Contact": make_contacts(5)}, daily_budget=3)
+    now = [AS_OF]
+    emu = SalesforceEmulator({"Contact": make_contacts(5)}, daily_budget=3, clock=lambda: now[0])
     emu.start_tls(tls=sandbox_tls)
     try:
         sf = Salesforce(
@@ -328,6 +330,12 @@ def test_daily_budget_exhaustion_is_403_and_usage_is_reported(sandbox_tls: Sandb
         assert cast(Any, info.value).content == [
             {"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}
         ]
+        now[0] = AS_OF + timedelta(hours=23)
+        with pytest.raises(SalesforceRefusedRequest):
+            sf.query("SELECT Id FROM Contact")
+        now[0] = AS_OF + timedelta(hours=24)  # a new day's allocation
+        assert sf.query("SELECT COUNT() FROM Contact")["totalSize"] == 5
+        assert sf.api_usage["api-usage"].used == 1
     finally:
         emu.stop()
 
@@ -352,3 +360,85 @@ def test_oauth_token_endpoint_points_back_at_the_emulator(sf_emulator: Salesforc
 def test_datetime_literal_forms_agree() -> None:
     forms = ["2024-05-01T00:00:00Z", "2024-05-01T00:00:00.000+0000", "2024-05-01T02:00:00+02:00"]
     assert {soql.parse_datetime(f) for f in forms} == {datetime(2024, 5, 1, tzinfo=UTC)}
+
+
+def test_written_datetimes_and_dates_come_back_in_salesforce_form(
+    sf_emulator: SalesforceEmulator, sf_client: Client
+) -> None:
+    results = _update(
+        sf_client(),
+        [
+            {"id": contact_id(30), "LTV_Updated__c": "2026-11-01T02:00:00+02:00"},
+            {"id": contact_id(31), "LTV_Updated__c": "2026-11-01T00:00:00"},
+            {"id": contact_id(32), "LTV_Updated__c": "yesterday"},
+            {"id": contact_id(33), "LTV_Updated__c": 1730419200},
+        ],
+    )
+    assert [r["success"] for r in results] == [True, True, False, False]
+    assert results[2]["errors"][0]["statusCode"] == "INVALID_TYPE_ON_FIELD_IN_RECORD"
+    for i in (30, 31):
+        assert (
+            sf_emulator.record("Contact", contact_id(i))["LTV_Updated__c"] == "2026-11-01T00:00:00.000+0000"
+        )
+
+
+def test_bulk2_job_with_an_unknown_column_fails_and_the_client_aborts_nothing(
+    sf_emulator: SalesforceEmulator, sf_client: Client
+) -> None:
+    from simple_salesforce.exceptions import SalesforceOperationError
+
+    with pytest.raises(SalesforceOperationError, match="Field name not found"):
+        bulk2_contact(sf_client()).update(records=[{"Id": contact_id(1), "Nope__c": "1"}], wait=0)
+    assert sf_emulator.writes == []
+    [job] = sf_emulator.bulk.jobs.values()
+    assert job.state == "Failed"
+
+
+def test_injected_faults_keep_salesforce_error_shapes(sf_emulator: SalesforceEmulator) -> None:
+    assert sf_emulator.ca_path is not None
+    session = sf_session(sf_emulator.ca_path)
+    url = f"{sf_emulator.base_url}/services/data/v59.0/query/"
+    headers = {"Authorization": f"Bearer {sf_emulator.session_id}"}
+    sf_emulator.knobs.fault_rate = 1.0
+    statuses: list[int | str] = []
+    for _ in range(12):
+        try:
+            answer = session.get(
+                url, params={"q": "SELECT Id FROM Contact LIMIT 1"}, headers=headers, timeout=5
+            )
+        except requests.ConnectionError:
+            statuses.append("dropped")
+            continue
+        statuses.append(answer.status_code)
+        assert "api-usage=" in answer.headers["Sforce-Limit-Info"]
+        if answer.status_code == 503:
+            assert answer.json()[0]["errorCode"] == "SERVER_UNAVAILABLE"
+    assert set(statuses) <= {503, 429, "dropped"} and 503 in statuses
+    sf_emulator.knobs.fault_rate = 0.0
+    answer = session.get(url, params={"q": "SELECT Id FROM Contact LIMIT 1"}, headers=headers, timeout=5)
+    assert answer.json()["totalSize"] == 1
+
+
+def test_a_generated_world_loads_and_describe_matches_its_fields(sandbox_tls: SandboxTLS) -> None:
+    from ltvsync.sandbox.world import generate_world
+
+    world = generate_world(n_customers=60, seed=5, as_of=AS_OF)
+    emu = SalesforceEmulator(world.salesforce)
+    emu.start_tls(tls=sandbox_tls)
+    try:
+        sf = cast(
+            Any,
+            Salesforce(
+                instance_url=emu.base_url,
+                session_id="sandbox-session",
+                session=sf_session(sandbox_tls.ca_path),
+            ),
+        )
+        for obj, records in world.salesforce.items():
+            described = {f["name"] for f in getattr(sf, obj).describe()["fields"]}
+            assert described == set().union(*(r.keys() for r in records.values())), obj
+            live = sum(1 for r in records.values() if not r["IsDeleted"])
+            assert sf.query(f"SELECT COUNT() FROM {obj}")["totalSize"] == live
+            assert sf.query(f"SELECT COUNT() FROM {obj}", include_deleted=True)["totalSize"] == len(records)
+    finally:
+        emu.stop()
