@@ -25,7 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ltvsync.config.settings import ScheduleSettings
-from ltvsync.core.errors import LtvsyncError
+from ltvsync.core.errors import LockHeldError, LtvsyncError
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,19 @@ class Daemon:
                 "misfire_grace_time": self._schedule.misfire_grace_seconds,
                 "replace_existing": True,
             }
+            trigger = self._trigger or cycle_trigger(self._schedule)
+            # An interval schedule also runs once at start-up, so a restart never delays the next
+            # sync by a whole interval; a cron schedule keeps to the times the operator chose.
+            first: dict[str, datetime] = (
+                {"next_run_time": datetime.now(UTC)} if isinstance(trigger, IntervalTrigger) else {}
+            )
             self._scheduler.add_job(
                 run_scheduled_cycle,
-                self._trigger or cycle_trigger(self._schedule),
+                trigger,
                 args=[self, "schedule"],
                 id=CYCLE_JOB_ID,
                 **options,
+                **first,
             )
             self._scheduler.add_job(
                 run_scheduled_cycle,
@@ -273,6 +280,10 @@ class Daemon:
                 running.run_id = run_id
             self._last_error = None
             log.info("%s cycle finished: run %s", running.trigger, running.run_id)
+        except LockHeldError as exc:
+            # Another replica on the same store is running the cycle: routine, not a failure.
+            running.error = exc
+            log.info("%s cycle skipped: %s", running.trigger, exc)
         except Exception as exc:
             running.error = exc
             self._last_error = f"{exc.__class__.__name__}: {exc}"

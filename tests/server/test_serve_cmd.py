@@ -47,7 +47,7 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
         "LTVSYNC_SERVER__TOKEN": TOKEN,
         "LTVSYNC_SERVER__PORT": str(port),
         "LTVSYNC_SERVER__LOG_FORMAT": "json",
-        "LTVSYNC_SCHEDULE__INTERVAL_MINUTES": "600",
+        "LTVSYNC_SCHEDULE__CRON": "0 0 1 1 *",  # scheduled, but never during the test
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
