@@ -40,6 +40,30 @@ def sf_id(prefix: str, number: int) -> str:
     return id15 + case_safe_suffix(id15)
 
 
+def sf_ids(prefix: str, count: int, start: int = 0) -> list[str]:
+    """``[sf_id(prefix, start), ..., sf_id(prefix, start + count - 1)]`` computed in bulk with numpy."""
+    numbers = np.arange(start, start + count, dtype=np.int64)
+    digits = np.empty((count, 6), dtype=np.int64)
+    for col in range(5, -1, -1):
+        numbers, digits[:, col] = np.divmod(numbers, 62)
+    chars = np.array(list(BASE62))[digits]
+    head = prefix + _POD
+    upper = (digits >= 10) & (digits < 36)
+    # Chunks are id15[0:5], [5:10], [10:15]; the serial digits sit at positions 9..14.
+    fixed = [
+        sum(1 << i for i, ch in enumerate(head[c * 5 : c * 5 + 5]) if "A" <= ch <= "Z") for c in range(2)
+    ]
+    bits1 = fixed[1] | (upper[:, 0].astype(np.int64) << 4)
+    bits2 = (upper[:, 1:].astype(np.int64) << np.arange(5)).sum(axis=1)
+    suffix_chars = np.array(list(_SUFFIX))
+    suffix = np.stack(
+        [np.full(count, _SUFFIX[fixed[0]]), suffix_chars[bits1], suffix_chars[bits2]], axis=1
+    ).astype("<U1")
+    serials = np.ascontiguousarray(chars).view("<U6").ravel()
+    tails = np.ascontiguousarray(suffix).view("<U3").ravel()
+    return [head + str(a) + str(b) for a, b in zip(serials, tails, strict=True)]
+
+
 def _seconds_strings(epoch: np.ndarray) -> list[str]:
     stamps = np.asarray(epoch, dtype=np.float64).astype("int64").astype("datetime64[s]")
     return list(np.datetime_as_string(stamps, unit="s"))
