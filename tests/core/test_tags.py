@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-import pytest
 from sqlalchemy import select
 
 from ltvsync.config.settings import Settings, TagCondition, TagRule, TagSettings
