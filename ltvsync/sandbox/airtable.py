@@ -4,8 +4,8 @@ Reproduces what pyairtable 3.5 sends and requires (API-REFERENCE §3): bearer to
 ``AUTHENTICATION_REQUIRED``), ``pageSize`` ≤ 100 with ``offset`` paging, ≤ 10 records per write
 (422 ``INVALID_RECORDS``), ``performUpsert.fieldsToMergeOn`` answering ``records`` +
 ``createdRecords`` + ``updatedRecords``, ``typecast`` creating select options, and 5 requests/second
-per base → 429 for a 30 s penalty (scaled by ``knobs.time_scale``; ``Retry-After`` is kept at whole
-seconds rounded down because urllib3's Retry sleeps for it and parses integers only).  Vendor docs:
+per base → 429 for a 30 s penalty (scaled by ``knobs.time_scale``; no ``Retry-After``, see
+``_limited``).  Vendor docs:
 airtable.com/developers/web/api/{list-records, create-records, update-multiple-records,
 delete-multiple-records, get-base-schema, rate-limits, errors}.
 """
@@ -140,7 +140,7 @@ class AirtableEmulator(Emulator):
         with self._lock:
             until = self._penalty_until.get(base, 0.0)
             if now < until:
-                return self._limited(until - now)
+                return self._limited()
             hits = self._hits.setdefault(base, deque())
             while hits and now - hits[0] >= window:
                 hits.popleft()
@@ -148,16 +148,22 @@ class AirtableEmulator(Emulator):
                 until = now + PENALTY_SECONDS * self.knobs.time_scale
                 self._penalty_until[base] = until
                 hits.clear()
-                return self._limited(until - now)
+                return self._limited()
             hits.append(now)
         return None
 
-    def _limited(self, remaining: float) -> Response:
+    def _limited(self) -> Response:
+        # No Retry-After: Airtable documents none, and pyairtable's urllib3 Retry would sleep for it;
+        # without it the client backs off 0.1, 0.2, 0.4 ... s, as against the real service.
         self.throttled += 1
         body = {
             "error": {"type": "RATE_LIMIT_REACHED", "message": "Rate limit exceeded. Please try again later"}
         }
-        return Response.json(body, 429, {"Retry-After": str(int(remaining))})
+        return Response.json(body, 429)
+
+    def rate_limited(self, retry_after: float) -> Response:
+        """Injected 429s (``knobs.fault_rate``) look like the real limiter's."""
+        return self._limited()
 
     # -- read ------------------------------------------------------------------------------------
     def _schema(self, req: Request, base: str) -> Response:

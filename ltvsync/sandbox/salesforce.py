@@ -17,8 +17,9 @@ from typing import Any
 
 from ltvsync.sandbox import soql
 from ltvsync.sandbox.http import Emulator, Knobs, Request, Response
+from ltvsync.sandbox.salesforce_admin import register_admin_routes
 from ltvsync.sandbox.salesforce_bulk import BulkJobs, register_bulk_routes
-from ltvsync.sandbox.salesforce_schema import KEY_PREFIXES
+from ltvsync.sandbox.salesforce_schema import KEY_PREFIXES, json_object, sf_error
 from ltvsync.sandbox.salesforce_store import ADMIN, CLIENT, Plan, SalesforceStore, WriteError
 from ltvsync.sandbox.tls import SandboxTLS, make_tls
 
@@ -31,10 +32,6 @@ ROLLED_BACK = WriteError(
     "ALL_OR_NONE_OPERATION_ROLLED_BACK",
     "Record rolled back because not all records were valid and the request was using AllOrNone header",
 )
-
-
-def sf_error(status: int, code: str, message: str) -> Response:
-    return Response.json([{"message": message, "errorCode": code}], status)
 
 
 class SalesforceEmulator(Emulator):
@@ -156,7 +153,6 @@ class SalesforceEmulator(Emulator):
         self.route(method, pattern, name, guarded)
 
     def _register(self) -> None:
-        self.route("POST", r"/services/oauth2/token", "oauth_token", self._token)
         self.api_route("GET", API + r"/query/?", "query", lambda r, ver: self._query(r, ver, False))
         self.api_route("GET", API + r"/queryAll/?", "queryAll", lambda r, ver: self._query(r, ver, True))
         self.api_route(
@@ -176,26 +172,7 @@ class SalesforceEmulator(Emulator):
             self._coll_upsert,
         )
         register_bulk_routes(self)
-
-    # -- OAuth (for completeness: clients in tests use session_id directly) -----------------------
-    def _token(self, req: Request) -> Response:
-        from urllib.parse import parse_qs
-
-        form = {k: v[0] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
-        if form.get("grant_type") not in ("password", "client_credentials"):
-            return Response.json(
-                {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400
-            )
-        return Response.json(
-            {
-                "access_token": self.session_id,
-                "instance_url": self.base_url,
-                "id": f"{self.base_url}/id/00DSBX000000001AAA/005SBX000000001AAA",
-                "token_type": "Bearer",
-                "issued_at": str(int(self.clock().timestamp() * 1000)),
-                "signature": "sandbox",
-            }
-        )
+        register_admin_routes(self)
 
     # -- query -----------------------------------------------------------------------------------
     def _resolve(self, obj: str, name: str) -> str:
@@ -315,7 +292,7 @@ class SalesforceEmulator(Emulator):
 
     def _patch(self, req: Request, ver: str, obj: str, rid: str) -> Response:
         name = self.store.object_name(obj)
-        body = _json_object(req)
+        body = json_object(req)
         if name is None or name not in self.store.objects or rid not in self.store.objects[name]:
             return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         if body is None:
@@ -330,7 +307,7 @@ class SalesforceEmulator(Emulator):
 
     # -- sObject Collections ---------------------------------------------------------------------
     def _collection_body(self, req: Request) -> tuple[list[dict[str, Any]], bool] | Response:
-        body = _json_object(req)
+        body = json_object(req)
         records = body.get("records") if body is not None else None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             return sf_error(400, "JSON_PARSER_ERROR", "expected an object with a 'records' array of objects")
@@ -402,11 +379,3 @@ class SalesforceEmulator(Emulator):
                     result["created"] = plan.op == "create"
             results.append(result)
         return Response.json(results)
-
-
-def _json_object(req: Request) -> dict[str, Any] | None:
-    try:
-        body = req.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None

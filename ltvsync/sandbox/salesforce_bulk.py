@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ltvsync.sandbox import soql
 from ltvsync.sandbox.http import Request, Response
-from ltvsync.sandbox.salesforce_schema import from_csv, sf_datetime, to_csv
+from ltvsync.sandbox.salesforce_schema import from_csv, sf_datetime, sf_error, to_csv
 from ltvsync.sandbox.salesforce_store import CLIENT, Plan, WriteError
 
 if TYPE_CHECKING:
@@ -77,10 +77,6 @@ class BulkJob:
         return body
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return Response.json([{"message": message, "errorCode": code}], status)
-
-
 def _csv_text(header: list[str], rows: list[list[str]], delimiter: str = ",") -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
@@ -104,18 +100,18 @@ class BulkJobs:
     def create_ingest(self, req: Request, ver: str) -> Response:
         body = req.json() if req.body else None
         if not isinstance(body, dict):
-            return _error(400, "JSON_PARSER_ERROR", "expected a JSON object")
+            return sf_error(400, "JSON_PARSER_ERROR", "expected a JSON object")
         operation = body.get("operation")
         obj = self.emu.store.object_name(str(body.get("object", "")))
         if operation not in INGEST_OPERATIONS:
-            return _error(400, "INVALIDJOB", f"unsupported operation {operation!r}")
+            return sf_error(400, "INVALIDJOB", f"unsupported operation {operation!r}")
         if obj is None:
-            return _error(400, "INVALIDJOB", f"sObject type '{body.get('object')}' is not supported.")
+            return sf_error(400, "INVALIDJOB", f"sObject type '{body.get('object')}' is not supported.")
         ext = body.get("externalIdFieldName")
         if operation == "upsert":
             spec = self.emu.store.spec(obj, str(ext or ""))
             if spec is None or not (spec.name == "Id" or spec.external_id or spec.id_lookup):
-                return _error(
+                return sf_error(
                     400,
                     "INVALIDJOB",
                     f"Field name provided, {ext} is not an External ID or indexed field for {obj}",
@@ -137,9 +133,9 @@ class BulkJobs:
     def upload(self, req: Request, ver: str, job_id: str) -> Response:
         job = self.jobs.get(job_id)
         if job is None or job.query is not None:
-            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         if job.state != "Open":
-            return _error(
+            return sf_error(
                 409, "INVALIDJOBSTATE", f"Job is in state {job.state}; data can only be uploaded while Open"
             )
         job.csv_parts.append(req.body.decode("utf-8", "replace"))
@@ -149,7 +145,7 @@ class BulkJobs:
         job = self.jobs.get(job_id)
         body = req.json() if req.body else None
         if job is None:
-            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         wanted = body.get("state") if isinstance(body, dict) else None
         if wanted == "Aborted" and job.state not in ("JobComplete", "Failed"):
             job.state = "Aborted"
@@ -159,7 +155,7 @@ class BulkJobs:
             self._process(job)  # processed at once; the next GET reports JobComplete
             return Response.json(answer)
         else:
-            return _error(400, "INVALIDJOBSTATE", f"cannot move job from {job.state} to {wanted}")
+            return sf_error(400, "INVALIDJOBSTATE", f"cannot move job from {job.state} to {wanted}")
         return Response.json(job.info())
 
     def _process(self, job: BulkJob) -> None:
@@ -224,13 +220,13 @@ class BulkJobs:
     def get_job(self, req: Request, ver: str, job_id: str, kind: str) -> Response:
         job = self.jobs.get(job_id)
         if job is None or (kind == "query") != (job.query is not None):
-            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         return Response.json(job.info())
 
     def results(self, req: Request, ver: str, job_id: str, which: str) -> Response:
         job = self.jobs.get(job_id)
         if job is None or job.query is not None:
-            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         if which == "successfulResults":
             rows = [[rid, "true" if created else "false", *row] for rid, created, row in job.successes]
             text = _csv_text(["sf__Id", "sf__Created", *job.columns], rows, job.delimiter)
@@ -249,13 +245,13 @@ class BulkJobs:
             or body.get("operation") not in QUERY_OPERATIONS
             or not body.get("query")
         ):
-            return _error(400, "INVALIDJOB", "query jobs need operation query|queryAll and a query")
+            return sf_error(400, "INVALIDJOB", "query jobs need operation query|queryAll and a query")
         try:
             query, found = self.emu.run_soql(str(body["query"]), body["operation"] == "queryAll")
         except soql.SoqlError as exc:
-            return _error(400, exc.code, exc.message)
+            return sf_error(400, exc.code, exc.message)
         if query.count_only:
-            return _error(400, "INVALIDJOB", "COUNT() is not supported by Bulk API 2.0 query")
+            return sf_error(400, "INVALIDJOB", "COUNT() is not supported by Bulk API 2.0 query")
         delimiter = DELIMITERS.get(str(body.get("columnDelimiter", "COMMA")), ",")
         job = BulkJob(
             self._new_id(),
@@ -276,15 +272,15 @@ class BulkJobs:
     def query_results(self, req: Request, ver: str, job_id: str) -> Response:
         job = self.jobs.get(job_id)
         if job is None or job.query is None:
-            return _error(404, "NOT_FOUND", "The requested resource does not exist")
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         locator = req.arg("locator") or ""
         try:
             start = int(locator) if locator else 0
             size = int(req.arg("maxRecords") or DEFAULT_MAX_RECORDS)
         except ValueError:
-            return _error(400, "INVALID_LOCATOR", "locator and maxRecords must be integers")
+            return sf_error(400, "INVALID_LOCATOR", "locator and maxRecords must be integers")
         if size <= 0 or start < 0:
-            return _error(400, "INVALID_LOCATOR", "maxRecords must be positive")
+            return sf_error(400, "INVALID_LOCATOR", "maxRecords must be positive")
         page = job.rows[start : start + size]
         end = start + len(page)
         resp = Response.text(_csv_text(job.columns, page, job.delimiter), content_type="text/csv")

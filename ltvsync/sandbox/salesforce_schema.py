@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from ltvsync.sandbox.http import Request, Response
+
 KEY_PREFIXES = {"Account": "001", "Contact": "003", "Opportunity": "006", "User": "005"}
 STRING_LENGTH = 255
 # Fields the platform maintains: clients may never write them.
@@ -173,3 +175,17 @@ def to_csv(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def sf_error(status: int, code: str, message: str) -> Response:
+    """A top-level REST error: a JSON *list* with ``errorCode`` (simple-salesforce indexes ``[0]``)."""
+    return Response.json([{"message": message, "errorCode": code}], status)
+
+
+def json_object(req: Request) -> dict[str, Any] | None:
+    """The request body if it is a JSON object, else None (the caller answers JSON_PARSER_ERROR)."""
+    try:
+        body = req.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

@@ -442,3 +442,22 @@ def test_a_generated_world_loads_and_describe_matches_its_fields(sandbox_tls: Sa
             assert sf.query(f"SELECT COUNT() FROM {obj}", include_deleted=True)["totalSize"] == len(records)
     finally:
         emu.stop()
+
+
+def test_admin_http_routes_edit_as_someone_else_without_spending_budget(
+    sf_emulator: SalesforceEmulator,
+) -> None:
+    assert sf_emulator.ca_path is not None
+    session = sf_session(sf_emulator.ca_path)
+    base = f"{sf_emulator.base_url}/admin/sobjects/Contact"
+    created = session.post(base, json={"LastName": "Admin", "Email": "admin@example.com"}, timeout=5)
+    assert created.status_code == 201
+    new_id = created.json()["id"]
+    assert session.patch(f"{base}/{new_id}", json={"LTV__c": 5.0}, timeout=5).status_code == 204
+    assert session.delete(f"{base}/{contact_id(1)}", timeout=5).status_code == 204
+    assert session.patch(f"{base}/003NOPE", json={}, timeout=5).status_code == 404
+    assert sf_emulator.record("Contact", new_id)["LTV__c"] == 5.0
+    assert sf_emulator.record("Contact", contact_id(1))["IsDeleted"] is True
+    assert sf_emulator.store.last_writer[new_id] == "admin"
+    assert session.get(f"{sf_emulator.base_url}/admin/writes", timeout=5).json() == []
+    assert sf_emulator.api_used == 0
