@@ -44,6 +44,7 @@ from ltvsync.config.settings import (
 )
 from ltvsync.config.settings import missing_requirements as missing_requirements
 from ltvsync.core.errors import ConfigError
+from ltvsync.core.tag_rules import validate_tag_settings
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -124,6 +125,11 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
     missing = missing_requirements(settings)
     if missing:
         raise ConfigError(_bulleted(f"Incomplete configuration ({label})", missing))
+    try:
+        # Tag rules are data: unknown metrics, contradictions and duplicate names fail at start-up.
+        validate_tag_settings(settings.tags)
+    except ConfigError as exc:
+        raise ConfigError(_bulleted(f"Invalid tag rules ({label})", [str(exc)])) from None
     read_path = config_path if (explicit or config_path.exists()) else None
     return LoadedSettings(settings, read_path, file_data, origins)
 
