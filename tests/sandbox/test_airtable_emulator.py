@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -11,6 +12,7 @@ import requests
 from pyairtable import Api
 
 from ltvsync.sandbox.airtable import AirtableEmulator
+from ltvsync.sandbox.airtable_table import AirtableError
 from ltvsync.sandbox.http import Knobs
 
 from .conftest import AIRTABLE_BASE, AIRTABLE_FIELDS
@@ -180,5 +182,39 @@ def test_a_burst_over_5_per_second_trips_the_penalty() -> None:
         assert limited.json()["error"]["type"] == "RATE_LIMIT_REACHED"
         # None sent: urllib3 would sleep for it; pyairtable's own backoff is what real Airtable gets.
         assert "Retry-After" not in limited.headers
+    finally:
+        emu.stop()
+
+
+def test_mangled_formulas_are_refused_never_crash(airtable_emulator: AirtableEmulator) -> None:
+    table = airtable_emulator.table(AIRTABLE_BASE, "Customers")
+    good = "AND({Email}='a\\'b', OR({LTV}=3, NOT({Tags}=\"x\")), RECORD_ID()='rec1')"
+    rng = random.Random(3)
+    cases = [good[:i] for i in range(len(good))]
+    for _ in range(300):
+        chars = list(good)
+        chars[rng.randrange(len(chars))] = rng.choice("(){}'\",= ")
+        cases.append("".join(chars))
+    refused = 0
+    for formula in cases:
+        try:
+            table.matcher(formula)({"id": "rec1", "fields": {"Email": "a'b", "LTV": 3}})
+        except AirtableError as exc:
+            assert exc.status == 422
+            refused += 1
+    assert refused > len(cases) // 2
+
+
+def test_table_names_with_spaces_are_url_decoded() -> None:
+    emu = AirtableEmulator(
+        {AIRTABLE_BASE: {"Customer LTV": {}}},
+        Knobs(rate_limits=False),
+        fields={f"{AIRTABLE_BASE}/Customer LTV": {"Email": "email", "LTV": "currency"}},
+    )
+    emu.start()
+    try:
+        table = Api(TOKEN, endpoint_url=emu.base_url).table(AIRTABLE_BASE, "Customer LTV")
+        table.batch_create([{"Email": "x@example.com", "LTV": 2.5}], typecast=True)
+        assert [r["fields"] for r in table.all()] == [{"Email": "x@example.com", "LTV": 2.5}]
     finally:
         emu.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -461,3 +463,46 @@ def test_admin_http_routes_edit_as_someone_else_without_spending_budget(
     assert sf_emulator.store.last_writer[new_id] == "admin"
     assert session.get(f"{sf_emulator.base_url}/admin/writes", timeout=5).json() == []
     assert sf_emulator.api_used == 0
+
+
+def test_mangled_soql_is_refused_never_crashes() -> None:
+    emulator = SalesforceEmulator(
+        {"Contact": make_contacts(20)}
+    )  # not started: run_soql is the parser + engine
+    good = (
+        "SELECT Id, Email FROM Contact WHERE (SystemModstamp >= 2024-01-01T00:00:00Z OR Email = 'a\\'b') "
+        "AND LTV__c != null AND Email IN ('a', 'b') ORDER BY SystemModstamp DESC NULLS LAST, Id LIMIT 5"
+    )
+    rng = random.Random(7)
+    tokens = good.split()
+    cases = [good[:i] for i in range(0, len(good), 3)]
+    for _ in range(300):
+        mangled = list(tokens)
+        mangled.insert(
+            rng.randrange(len(mangled)), rng.choice(["'x'", "5", "(", ")", ",", "AND", "=", "LIMIT"])
+        )
+        del mangled[rng.randrange(len(mangled))]
+        cases.append(" ".join(mangled))
+    refused = 0
+    for text in cases:
+        try:
+            emulator.run_soql(text, include_deleted=True)
+        except soql.SoqlError as exc:  # anything else escaping would be a 500 to the client
+            assert exc.code in {
+                "MALFORMED_QUERY",
+                "INVALID_FIELD",
+                "INVALID_TYPE",
+                "INVALID_QUERY_FILTER_OPERATOR",
+            }
+            refused += 1
+    assert refused > len(cases) // 2
+
+
+def test_concurrent_pagers_each_get_every_row(sf_emulator: SalesforceEmulator, sf_client: Client) -> None:
+    def page_all(_: int) -> list[str]:
+        return [r["Id"] for r in sf_client().query_all_iter("SELECT Id FROM Contact ORDER BY Id")]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(page_all, range(4)))
+    expected = sorted(live_contacts(sf_emulator))
+    assert all(ids == expected for ids in results)
