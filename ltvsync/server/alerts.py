@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import requests
 
 from ltvsync.core.errors import LockHeldError
-from ltvsync.core.status_queries import RunView, StreamLag
+from ltvsync.core.status_values import RunView, StreamLag
 from ltvsync.scheduler import CycleHook
 from ltvsync.server.queries import StatusQueries
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ltvsync import __version__
 from ltvsync.core.errors import ConfigError
-from ltvsync.core.status_queries import (
+from ltvsync.core.status_values import (
     MAX_HISTOGRAM_BINS,
     CohortMatrix,
     CustomerView,
@@ -186,6 +186,9 @@ async def _access_log(request: Request, call_next: Callable[[Request], Awaitable
     elapsed_ms = (time.monotonic() - started) * 1000
     route = request.scope.get("route")
     path = getattr(route, "path", None) or "(unmatched)"
+    if path.startswith("/api/") or path == "/metrics":
+        # Customer data and run state: never kept by browsers or proxies.
+        response.headers["Cache-Control"] = "no-store"
     log.info("%s %s %d %.1fms", request.method, path, response.status_code, elapsed_ms)
     return response
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ltvsync.core.status_queries import RunView, StreamLag
+from ltvsync.core.status_values import RunView, StreamLag
 from ltvsync.scheduler import DaemonStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

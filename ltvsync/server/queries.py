@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ltvsync.core.status_queries import (
+from ltvsync.core.status_values import (
     CohortMatrix,
     CustomerView,
     LtvHistogram,

@@ -6,7 +6,7 @@ import threading
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
-from ltvsync.core.status_queries import (
+from ltvsync.core.status_values import (
     CohortMatrix,
     CohortRow,
     CustomerView,

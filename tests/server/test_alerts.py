@@ -12,7 +12,7 @@ import responses
 from responses import matchers
 
 from ltvsync.core.errors import LockHeldError, TransientError
-from ltvsync.core.status_queries import StreamLag
+from ltvsync.core.status_values import StreamLag
 from ltvsync.server.alerts import (
     CYCLE_FAILED,
     LAG,

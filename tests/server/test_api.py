@@ -104,7 +104,9 @@ def test_runs_and_run_by_id(client: TestClient, auth: dict[str, str]) -> None:
 
 
 def test_customer_lookup(client: TestClient, auth: dict[str, str]) -> None:
-    found = client.get("/api/customers/Ada@Example.com", headers=auth).json()
+    response = client.get("/api/customers/Ada@Example.com", headers=auth)
+    assert response.headers["cache-control"] == "no-store"
+    found = response.json()
     assert found["tags"] == ["vip"] and found["metrics"]["ltv_simple"] == 321.5
     missing = client.get("/api/customers/nobody@example.com", headers=auth)
     assert missing.status_code == 404 and "nobody" not in missing.text

@@ -6,6 +6,7 @@ Uses Debian's /usr/bin/chromium through Playwright (no bundled browser download)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,19 +35,28 @@ pytestmark = pytest.mark.browser
 if not CHROMIUM.exists() and os.environ.get("CI") != "true":
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, sync_playwright  # noqa: E402
 
 
-def test_status_page_renders_charts_and_runs_sync_now() -> None:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # One Chromium for the module: launching it is most of a browser test's cost.
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_status_page_renders_charts_and_runs_sync_now(browser: Browser) -> None:
     queries = FakeQueries()
     daemon = FakeDaemon(queries, finish_after=1.0)
     app = create_app(daemon, queries, TOKEN)
     console_errors: list[str] = []
     requested: list[str] = []
-    with serving(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with serving(app) as base:
+        context = browser.new_context(viewport={"width": 1280, "height": 1400})
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page = context.new_page()
             page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
             page.on("request", lambda req: requested.append(req.url))
             page.goto(f"{base}/#token={TOKEN}")
@@ -79,18 +89,18 @@ def test_status_page_renders_charts_and_runs_sync_now() -> None:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
         finally:
-            browser.close()
+            context.close()
     assert console_errors == []
     assert requested and all(url.startswith(base) for url in requested)
 
 
-def test_status_page_asks_for_a_token_and_rejects_a_wrong_one() -> None:
+def test_status_page_asks_for_a_token_and_rejects_a_wrong_one(browser: Browser) -> None:
     queries = FakeQueries()
     app = create_app(FakeDaemon(queries), queries, TOKEN)
-    with serving(app) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with serving(app) as base:
+        context = browser.new_context()
         try:
-            page = browser.new_page()
+            page = context.new_page()
             page.goto(base + "/")
             page.wait_for_selector("#token-form:not([hidden])")
             page.fill("#token-input", "wrong")
@@ -100,4 +110,4 @@ def test_status_page_asks_for_a_token_and_rejects_a_wrong_one() -> None:
             page.click("#token-form button")
             page.wait_for_selector("#chart-ltv[data-rendered=ok]")
         finally:
-            browser.close()
+            context.close()

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from ltvsync.core.models import TABLES
-from ltvsync.core.status_queries import SqlStatusQueries, cursor_time, histogram, parse_tags
+from ltvsync.core.status_queries import SqlStatusQueries
+from ltvsync.core.status_values import cursor_time, histogram, parse_tags
 
 PG_URL = os.environ.get("LTVSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
