@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special
 
-from ltvsync.core.rfm import FloatArray, as_float, group_rows
+from ltvsync.core.rfm import FloatArray, as_float, factorize, group_rows
 
 # Times are rescaled so that max(T) == TIME_SCALE_TARGET before optimizing: the optimizer then
 # sees parameters of order one whatever the unit (days vs weeks); alpha is scaled back after.
@@ -38,6 +38,8 @@ LBFGS_MAXITER = 2000
 LOG_PARAM_BOUND = 20.0
 # The power series fallback for 2F1 sums at most this many terms (it converges for |z| < 1).
 HYP2F1_SERIES_MAX_TERMS = 100_000
+# Above this many grouped rows, a fit on a systematic sample provides the starting point.
+WARM_START_ROWS = 40_000
 # Fallback optimizer budget: enough for 3-4 parameters, bounded so a hopeless fit stays fast.
 NELDER_MEAD_MAXITER = 2000
 # Below this distance of ``a`` from 1 the (a-1) in eq. 10 cancels badly; evaluate on both sides.
@@ -88,9 +90,27 @@ def prepare_bgnbd_data(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -
     buyer = ok & (x > 0)
     (gx, gtx, gT), weight = group_rows(x[buyer], t_x[buyer], big_t[buyer])
     (gT0,), weight0 = group_rows(big_t[ok & (x == 0)])
-    unique_x, inverse = np.unique(x[ok], return_inverse=True)
-    weight_per_x = np.bincount(inverse.reshape(-1), minlength=unique_x.size).astype(np.float64)
-    return BgNbdData(gx, gtx, gT, weight, gT0, weight0, unique_x, weight_per_x, int(np.count_nonzero(ok)))
+    return _from_groups(gx, gtx, gT, weight, gT0, weight0)
+
+
+def _from_groups(
+    x: FloatArray, t_x: FloatArray, big_t: FloatArray, weight: FloatArray, T0: FloatArray, weight0: FloatArray
+) -> BgNbdData:
+    all_x = np.concatenate((np.zeros(1), x)) if weight0.size else x
+    all_w = np.concatenate(([np.sum(weight0)], weight)) if weight0.size else weight
+    unique_x, code = factorize(all_x)
+    weight_per_x = np.bincount(code, weights=all_w, minlength=unique_x.size).astype(np.float64)
+    n = round(float(np.sum(weight)) + float(np.sum(weight0)))
+    return BgNbdData(x, t_x, big_t, weight, T0, weight0, unique_x, weight_per_x, n)
+
+
+def _subsample(d: BgNbdData, max_rows: int) -> BgNbdData:
+    """Every k-th grouped row, a systematic sample over the sorted (x, t_x, T) grid: cheap to fit,
+    close enough to the full optimum to start from it."""
+    step = max(1, -(-(d.x.size + d.T0.size) // max_rows))
+    return _from_groups(
+        d.x[::step], d.t_x[::step], d.T[::step], d.weight[::step], d.T0[::step], d.weight0[::step]
+    )
 
 
 def _dot(u: FloatArray, v: FloatArray) -> float:
@@ -318,6 +338,22 @@ def fit_bgnbd(
     scratch = _Scratch(d.x.size)
     if initial is None:
         start = np.zeros(4)
+        if d.x.size + d.T0.size > WARM_START_ROWS:
+            # Fitting a sample first brings the start near the optimum, which saves most of the
+            # (expensive) full-data iterations; the full fit below decides the answer.
+            sample = _subsample(scaled, WARM_START_ROWS // 2)
+            with np.errstate(all="ignore"):
+                warm = optimize.minimize(
+                    _neg_ll_and_grad,
+                    start,
+                    args=(sample, _Scratch(sample.x.size)),
+                    jac=True,
+                    method="L-BFGS-B",
+                    bounds=[(-LOG_PARAM_BOUND, LOG_PARAM_BOUND)] * 4,
+                    options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": LBFGS_MAXITER},
+                )
+            if warm.success and np.all(np.isfinite(warm.x)) and not at_bound(np.asarray(warm.x)):
+                start = np.asarray(warm.x, dtype=np.float64)
     else:
         r0, alpha0, a0, b0 = initial
         start = np.log(np.array([r0, alpha0 * scale, a0, b0], dtype=np.float64))

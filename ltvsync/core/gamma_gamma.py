@@ -26,47 +26,55 @@ from ltvsync.core.bgnbd import (
     _dot,
     at_bound,
 )
-from ltvsync.core.rfm import FloatArray, as_float, group_rows
+from ltvsync.core.rfm import FloatArray, as_float, factorize
 
 
 @dataclass(frozen=True, slots=True)
 class _SpendData:
-    """Repeat buyers grouped into unique (x, m) pairs with weights, and the parameter-free sums."""
+    """Repeat buyers reduced to what the likelihood needs.
 
-    x: FloatArray
-    m: FloatArray
-    weight: FloatArray
+    Per row the likelihood only involves the total repeat spend x*m (in ln(gamma + x m)), so rows
+    are grouped by unique x*m with their count and summed x: one sort of one column, not of pairs.
+    Terms in x alone are grouped by unique x; ln(m) terms do not depend on the parameters.
+    """
+
     xm: FloatArray
+    weight: FloatArray
     wx: FloatArray
     sum_w_log_m: float
     sum_wx_log_m: float
     unique_x: FloatArray
     weight_per_x: FloatArray
     n_customers: int
+    scale: float
 
 
 def _prepare(frequency: ArrayLike, monetary_value: ArrayLike, scale: float | None = None) -> _SpendData:
-    """Keep customers the model describes: x > 0 and a finite, positive mean spend."""
+    """Keep customers the model describes (x > 0 and a finite, positive mean spend) and group them.
+
+    ``scale`` multiplies the spend; None scales it to a mean of one, which keeps the optimizer's
+    parameters of order one whatever the currency (gamma is scaled back after the fit).
+    """
     x, m = np.broadcast_arrays(as_float(frequency), as_float(monetary_value))
     ok = np.isfinite(x) & np.isfinite(m) & (x > 0) & (m > 0)
-    (gx, gm), weight = group_rows(x[ok], m[ok])
-    if scale is not None:
-        gm = gm * scale
-    unique_x, inverse = np.unique(gx, return_inverse=True)
-    weight_per_x = np.bincount(inverse.reshape(-1), weights=weight, minlength=unique_x.size)
-    log_m = np.log(gm)
-    wx = weight * gx
+    x, m = x[ok], m[ok]
+    if scale is None:
+        scale = 1.0 / float(np.mean(m)) if m.size else 1.0
+    m = m * scale
+    log_m = np.log(m)
+    unique_xm, inverse_xm = np.unique(x * m, return_inverse=True)
+    inverse_xm = inverse_xm.reshape(-1)
+    unique_x, inverse_x = factorize(x)
     return _SpendData(
-        gx,
-        gm,
-        weight,
-        gx * gm,
-        wx,
-        _dot(weight, log_m),
-        _dot(wx, log_m),
+        unique_xm,
+        np.bincount(inverse_xm, minlength=unique_xm.size).astype(np.float64),
+        np.bincount(inverse_xm, weights=x, minlength=unique_xm.size).astype(np.float64),
+        float(np.sum(log_m)),
+        _dot(x, log_m),
         unique_x,
-        weight_per_x.astype(np.float64),
-        int(np.count_nonzero(ok)),
+        np.bincount(inverse_x, minlength=unique_x.size).astype(np.float64),
+        int(x.size),
+        scale,
     )
 
 
@@ -145,12 +153,11 @@ def fit_gamma_gamma(frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGam
     data: problems show as ``converged=False`` and/or ``degenerate=True`` with a ``reason``.
     """
     started = time.perf_counter()
-    raw = _prepare(frequency, monetary_value)
-    if raw.n_customers == 0:
+    d = _prepare(frequency, monetary_value)
+    if d.n_customers == 0:
         nan = float("nan")
         return GammaGammaModel(nan, nan, nan, nan, False, 0.0, 0, 0, True, "no repeat buyers with spend > 0")
-    scale = 1.0 / float(np.average(raw.m, weights=raw.weight))
-    d = _prepare(frequency, monetary_value, scale)
+    scale = d.scale
     start = np.zeros(3)
     with np.errstate(all="ignore"):
         res = optimize.minimize(

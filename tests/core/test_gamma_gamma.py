@@ -82,7 +82,7 @@ def test_recovers_known_parameters_within_sampling_error(seed: int) -> None:
     assert model.converged and not model.degenerate
     fitted = np.array([model.p, model.q, model.gamma])
     # Asymptotic SEs: observed information by central differences of the analytic gradient.
-    data = _prepare(x, m)
+    data = _prepare(x, m, 1.0)
     theta = np.log(fitted)
     hess = np.empty((3, 3))
     for j in range(3):
