@@ -9,8 +9,9 @@ sync never fails because of the models.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, delete, select
 
 from ltvsync.config.settings import LtvSettings
 from ltvsync.core import models as m
-from ltvsync.core.ltv import ModelFit, PriorParams, clv, fit_models, simple_ltv
+from ltvsync.core.ltv import BgNbdModel, GammaGammaModel, ModelFit, PriorParams, clv, fit_models, simple_ltv
 from ltvsync.core.metrics import FloatArray, population, purchase_facts
 from ltvsync.core.rfm import RfmSummary
 from ltvsync.core.store import Store
@@ -43,6 +44,7 @@ class ComputeReport:
     ltv_simple_mean: float | None = None
     ltv_predicted_mean: float | None = None
     model_version: str = "simple"
+    refitted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,8 +75,51 @@ def _counts(settings: LtvSettings, orders: FloatArray, engaged: np.ndarray[Any, 
     return np.ones(orders.shape, dtype=bool)
 
 
-def compute_ltv(store: Store, conn: Connection, settings: LtvSettings, as_of: datetime) -> ComputeReport:
-    """Recompute ``customer_metrics`` for every counted customer as of ``as_of``."""
+# Where the fitted model lives between refits (the store's state table, one JSON value).
+MODEL_STATE = ("ltv-model", "fit")
+# Refit anyway when the number of buyers moved this much since the stored fit.
+REFIT_GROWTH = 0.2
+
+
+def load_model(store: Store, conn: Connection, unit: str) -> ModelFit | None:
+    """The stored usable fit for ``unit``, or None (never fitted, fallback, or other unit)."""
+    raw = store.get_cursor(conn, *MODEL_STATE)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if data.get("unit") != unit or data.get("fallback_reason") is not None:
+            return None
+        bg = BgNbdModel(**data["bgnbd"])
+        gg = GammaGammaModel(**data["gamma_gamma"])
+        return ModelFit(bg, gg, None, int(data["n_customers"]), int(data["n_repeat_buyers"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable state is a reason to refit, never to fail
+
+
+def save_model(store: Store, conn: Connection, fit: ModelFit, unit: str, as_of: datetime) -> None:
+    data = {
+        "unit": unit,
+        "fitted_for": as_of.isoformat(),
+        "fallback_reason": fit.fallback_reason,
+        "n_customers": fit.n_customers,
+        "n_repeat_buyers": fit.n_repeat_buyers,
+        "bgnbd": asdict(fit.bgnbd) if fit.bgnbd is not None else None,
+        "gamma_gamma": asdict(fit.gamma_gamma) if fit.gamma_gamma is not None else None,
+    }
+    store.set_cursor(conn, *MODEL_STATE, json.dumps(data))
+
+
+def compute_ltv(
+    store: Store, conn: Connection, settings: LtvSettings, as_of: datetime, *, refit: bool = False
+) -> ComputeReport:
+    """Recompute ``customer_metrics`` for every counted customer as of ``as_of``.
+
+    The BG/NBD and Gamma-Gamma parameters are refitted only when asked (the weekly full refresh),
+    when no usable fit is stored, or when the buyer population grew by more than ``REFIT_GROWTH``;
+    other cycles re-score customers with the stored parameters.  So a purchase by one customer
+    changes that customer's figures, not everyone's, and pushes stay proportional to real change.
+    """
     started = time.monotonic()
     report = ComputeReport()
     as_of_day = as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
@@ -130,7 +175,13 @@ def compute_ltv(store: Store, conn: Connection, settings: LtvSettings, as_of: da
             as_of_day,
             settings.time_unit,
         )
-        fit = fit_models(summary, settings.min_customers_for_model, settings.min_repeat_buyers_for_model)
+        fit = None if refit else load_model(store, conn, settings.time_unit)
+        if fit is not None and abs(len(summary) - fit.n_customers) > REFIT_GROWTH * max(fit.n_customers, 1):
+            fit = None
+        report.refitted = fit is None
+        if fit is None:
+            fit = fit_models(summary, settings.min_customers_for_model, settings.min_repeat_buyers_for_model)
+            save_model(store, conn, fit, settings.time_unit, as_of)
         report.fit_seconds = time.monotonic() - fit_started
         _describe_fit(report, fit)
         if fit.usable and fit.bgnbd is not None and fit.gamma_gamma is not None:

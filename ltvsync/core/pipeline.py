@@ -71,6 +71,7 @@ class CycleOptions:
     dry_run: bool = False
     retry_failed: bool = False
     as_of: datetime | None = None
+    refit_model: bool = False  # the weekly full refresh refits; other cycles re-score
 
 
 @dataclass
@@ -183,7 +184,8 @@ def _run_locked(
             _pull(cycle, opts, report, run_id, stop, progress)
         stopped = stop is not None and stop.is_set()
         if "compute" in opts.stages and not stopped:
-            _compute(cycle, report, as_of, progress)
+            refit = opts.refit_model or opts.full_refresh or trigger == "full_refresh"
+            _compute(cycle, report, as_of, progress, refit=refit)
         if "push" in opts.stages and not stopped and not (stop is not None and stop.is_set()):
             _push(cycle, opts, report, stop, progress)
         report.status = _status(report, stop)
@@ -261,7 +263,12 @@ def _pull(
 
 
 def _compute(
-    cycle: Cycle, report: SyncReport, as_of: datetime, progress: Callable[[str, Any], None] | None
+    cycle: Cycle,
+    report: SyncReport,
+    as_of: datetime,
+    progress: Callable[[str, Any], None] | None,
+    *,
+    refit: bool = False,
 ) -> None:
     from ltvsync.core.identity import resolve_identities  # identity is the compute stage's first step
 
@@ -272,7 +279,7 @@ def _compute(
     if progress is not None:
         progress("identities", report.identities)
     with store.transaction() as conn:
-        result: ComputeReport = compute_ltv(store, conn, cycle.settings.ltv, as_of)
+        result: ComputeReport = compute_ltv(store, conn, cycle.settings.ltv, as_of, refit=refit)
     report.compute = result.as_dict()
     if progress is not None:
         progress("compute", report.compute)
@@ -328,7 +335,7 @@ def _push(
         except LtvsyncError as exc:
             dest_report.error = cycle.redact(f"{type(exc).__name__}: {exc}")
             report.errors.append(f"{target.name}: {dest_report.error}")
-        report.destinations.append(dest_report.as_dict())
+        report.destinations.append(dest_report.as_dict(max_changes=None if opts.dry_run else 200))
 
 
 def _as_dict(value: object) -> dict[str, Any]:

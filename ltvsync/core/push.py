@@ -105,9 +105,11 @@ class DestinationReport:
     edits: list[dict[str, Any]] = field(default_factory=list)
     changes: list[FieldChange] = field(default_factory=list)
 
-    def as_dict(self, max_changes: int = 200) -> dict[str, Any]:
+    def as_dict(self, max_changes: int | None = 200) -> dict[str, Any]:
+        """The report; a dry run keeps every change, a real run the first ``max_changes``."""
         data = asdict(self)
-        data["changes"] = [asdict(c) for c in self.changes[:max_changes]]
+        kept = self.changes if max_changes is None else self.changes[:max_changes]
+        data["changes"] = [asdict(c) for c in kept]
         data["changes_total"] = len(self.changes)
         return data
 
