@@ -90,7 +90,7 @@ def test_dry_run_prints_exactly_what_the_real_run_then_writes(sandbox: Sandbox, 
     planned = {(c["target"], c["field"], str(c["new"])) for c in dest(dry, "salesforce")["changes"]}
     run_cycle(cycle, trigger="test")
     landed = set()
-    for obj, rid, fields in sandbox.salesforce.writes:
+    for _obj, rid, fields in sandbox.salesforce.writes:
         for api_name, value in fields.items():
             landed.add((rid, api_name, str(value)))
     mapping = cycle.settings.salesforce.push_fields
