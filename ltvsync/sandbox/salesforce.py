@@ -155,9 +155,9 @@ class SalesforceEmulator(Emulator):
     def _register(self) -> None:
         self.api_route("GET", API + r"/query/?", "query", lambda r, ver: self._query(r, ver, False))
         self.api_route("GET", API + r"/queryAll/?", "queryAll", lambda r, ver: self._query(r, ver, True))
-        self.api_route(
-            "GET", API + r"/query/(?P<loc>[A-Za-z0-9]+)-(?P<off>\d+)", "query_more", self._query_more
-        )
+        # A queryAll's nextRecordsUrl says query/ too; Salesforce accepts the locator under either path.
+        more = r"/(?:query|queryAll)/(?P<loc>[A-Za-z0-9]+)-(?P<off>\d+)"
+        self.api_route("GET", API + more, "query_more", self._query_more)
         self.api_route("GET", API + r"/limits/?", "limits", self._limits)
         self.api_route("GET", API + r"/sobjects/?", "describe_global", self._describe_global)
         self.api_route("GET", API + r"/sobjects/(?P<obj>\w+)/describe/?", "describe", self._describe)

@@ -69,6 +69,9 @@ def test_batch_size_header_and_next_records_url_format(
     second = sf.query_more(first["nextRecordsUrl"], identifier_is_url=True)
     assert len(second["records"]) == 500
     assert {r["Id"] for r in first["records"]}.isdisjoint(r["Id"] for r in second["records"])
+    # The same locator also answers under queryAll/ (documented: either resource works).
+    third = sf.query_more(second["nextRecordsUrl"].replace("/query/", "/queryAll/"), identifier_is_url=True)
+    assert third["nextRecordsUrl"].endswith("-1500")
 
 
 def test_watermark_filter_matches_python_and_query_all_sees_deletes(
