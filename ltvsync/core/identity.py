@@ -25,7 +25,7 @@ is a bulk statement, and fact linking is set-based SQL.  Merges are never undone
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,8 +121,13 @@ def resolve_identities(store: Store, conn: Connection) -> IdentityReport:
     new_ids = _create_customers(conn, plan.new_customers, now)
     changed_links = _apply_links(conn, plan, new_ids)
     _apply_merges(conn, plan.merges, now)
-    for customer_id, email in plan.emails_to_set.items():
-        conn.execute(update(customer).where(customer.c.id == customer_id).values(email=email, updated_at=now))
+    if plan.emails_to_set:
+        stmt = (
+            update(customer)
+            .where(customer.c.id == bindparam("cid"))
+            .values(email=bindparam("em"), updated_at=now)
+        )
+        conn.execute(stmt, [{"cid": c, "em": e} for c, e in plan.emails_to_set.items()])
     facts = _link_facts(conn, changed_links, plan.merges)
     _refresh_customer_dates(conn, now)
     return IdentityReport(
@@ -237,18 +242,31 @@ def _apply_links(conn: Connection, plan: _Plan, new_ids: dict[str, int]) -> list
     return links
 
 
-def _apply_merges(conn: Connection, merges: Iterable[tuple[int, int, str]], now: datetime) -> None:
+def _apply_merges(conn: Connection, merges: Sequence[tuple[int, int, str]], now: datetime) -> None:
+    if not merges:
+        return
     customer, log = TABLES["customer"], TABLES["merge_log"]
     metrics = TABLES["customer_metrics"]
-    for kept, merged, reason in merges:
-        conn.execute(update(customer).where(customer.c.id == merged).values(merged_into=kept, updated_at=now))
-        # Keep chains one hop long so lookups never walk history.
-        conn.execute(update(customer).where(customer.c.merged_into == merged).values(merged_into=kept))
-        conn.execute(
-            insert(log).values(kept_customer_id=kept, merged_customer_id=merged, reason=reason, at=now)
-        )
-        # The merged customer's metrics are stale by definition; the next computation rebuilds.
-        conn.execute(delete(metrics).where(metrics.c.customer_id == merged))
+    pairs = [{"kept": kept, "merged": merged} for kept, merged, _ in merges]
+    conn.execute(
+        update(customer)
+        .where(customer.c.id == bindparam("merged"))
+        .values(merged_into=bindparam("kept"), updated_at=now),
+        pairs,
+    )
+    # Keep chains one hop long so lookups never walk history.
+    conn.execute(
+        update(customer)
+        .where(customer.c.merged_into == bindparam("merged"))
+        .values(merged_into=bindparam("kept")),
+        pairs,
+    )
+    conn.execute(
+        insert(log),
+        [{"kept_customer_id": k, "merged_customer_id": m, "reason": r, "at": now} for k, m, r in merges],
+    )
+    # The merged customers' metrics are stale by definition; the next computation rebuilds them.
+    conn.execute(delete(metrics).where(metrics.c.customer_id == bindparam("merged")), pairs)
 
 
 def _link_facts(conn: Connection, links: list[dict[str, Any]], merges: Sequence[tuple[int, int, str]]) -> int:
@@ -263,8 +281,14 @@ def _link_facts(conn: Connection, links: list[dict[str, Any]], merges: Sequence[
                 .values(customer_id=bindparam("c"))
             )
             conn.execute(stmt, links)
-        for kept, merged, _ in merges:
-            conn.execute(update(fact).where(fact.c.customer_id == merged).values(customer_id=kept))
+        if merges:
+            moved = [{"kept": kept, "merged": merged} for kept, merged, _ in merges]
+            stmt = (
+                update(fact)
+                .where(fact.c.customer_id == bindparam("merged"))
+                .values(customer_id=bindparam("kept"))
+            )
+            conn.execute(stmt, moved)
         # New facts: set-based, from the identity their source names.
         owner = (
             select(identity.c.customer_id)

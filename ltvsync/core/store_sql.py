@@ -7,9 +7,11 @@ which is what lets connectors re-read from an inclusive cursor cheaply.
 Why hand-built SQL text and not ``conn.execute(insert(...), rows)``: SQLAlchemy's executemany
 path runs one statement per row on both drivers here (``insertmanyvalues`` is only used with
 RETURNING), and compiling a multi-row ``insert().values([...])`` per batch costs more than the
-insert itself.  So the statement text is built once per (table, columns, rows-per-statement) and
-values go through the same SQLAlchemy bind processors the Core would apply (UTC datetimes, JSON
-text, Decimal on SQLite), then straight to the driver.
+insert itself.  So the statement text is built once per table shape and values go through the
+same SQLAlchemy bind processors the Core would apply (UTC datetimes, JSON text, Decimal on
+SQLite), then straight to the driver.  SQLite gets multi-row ``VALUES`` sized to its parameter
+limit; Postgres gets ``SELECT … FROM unnest(%b::type[], …)``, one binary array per column
+(parsing and planning tens of thousands of placeholders cost Postgres more than the insert).
 
 Relies on: SQLite "UPSERT" (https://sqlite.org/lang_upsert.html; ``IS NOT`` is SQLite's null-safe
 inequality; at most ``SQLITE_LIMIT_VARIABLE_NUMBER`` bound parameters per statement, 32766 since
@@ -29,8 +31,7 @@ from sqlalchemy import Connection, Dialect, Table
 
 # Bound-parameter ceilings per statement.
 POSTGRES_MAX_PARAMS = 65_535
-SQLITE_DEFAULT_MAX_PARAMS = 32_766
-SQLITE_OLD_MAX_PARAMS = 999  # builds before 3.32
+SQLITE_OLD_MAX_PARAMS = 999  # builds before 3.32 (later builds report their own limit, 32766 by default)
 ROW_VERSION = "row_version"
 
 BindProcessor = Callable[[Any], Any] | None
@@ -72,7 +73,10 @@ class UpsertPlan:
         for row in rows:
             if len(row) != ncols:
                 raise ValueError(f"row has columns {sorted(row)}, expected {sorted(self.columns)}")
-            values = list(get(row)) if ncols > 1 else [get(row)]
+            try:
+                values = list(get(row)) if ncols > 1 else [get(row)]
+            except KeyError as exc:
+                raise ValueError(f"row lacks column {exc}, expected {sorted(self.columns)}") from None
             for i, p in typed:
                 v = values[i]
                 if v is not None:
@@ -168,10 +172,9 @@ def _render(
 def _render_unnest(
     table: Table, columns: tuple[str, ...], key: tuple[str, ...], types: tuple[str, ...]
 ) -> str:
-    """Postgres: ``INSERT … SELECT * FROM unnest(%s::type[], …)`` — one array parameter per column.
+    """Postgres: ``INSERT … SELECT … FROM unnest(%b::type[], …)``, one array parameter per column.
 
-    Parsing and planning a statement with tens of thousands of placeholders costs Postgres more
-    than the insert itself; with arrays the statement is tiny and psycopg binds arrays fast.
+    The statement stays tiny whatever the batch size, so psycopg prepares it once and binds arrays.
     """
     quote = _quoter("postgresql")
     # %b: binary arrays, which psycopg dumps several times faster than the text format.

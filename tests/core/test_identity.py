@@ -213,3 +213,31 @@ def test_facts_link_by_identity_then_by_purchase_email_and_dates_follow(store: S
     assert owners == {"006-late": joan.id, "006-early": joan.id, "ch_1": joan.id, "ch_2": None}
     assert joan.customer_since == T0 - timedelta(days=30)
     assert joan.first_purchase_at == T0 + timedelta(days=1)
+
+
+def test_chain_of_three_merges_into_the_oldest_and_old_emails_still_find_it(store: Store) -> None:
+    resolve(
+        store,
+        identity=[
+            identity("salesforce", "003X", "x@example.com"),
+            identity("mixpanel", "mp-y", "y@example.com", days=1),
+            identity("zendesk", "zd-z", "z@example.com", days=2),
+        ],
+    )
+    first = links(store)
+    oldest = first[("salesforce", "003X")]
+    # Mixpanel's profile moves to x@, Zendesk's user to y@: all three were one person.
+    report = resolve(
+        store,
+        identity=[
+            identity("mixpanel", "mp-y", "x@example.com", days=1),
+            identity("zendesk", "zd-z", "y@example.com", days=2),
+        ],
+    )
+    assert report.merges == 2 and {kept for kept, _ in report.merged_pairs} == {oldest}
+    assert set(links(store).values()) == {oldest}
+    # A new source arriving with z@ (only a merged customer's email now) joins the kept customer.
+    later = resolve(store, identity=[identity("stripe", "cus_1", "Z@example.com", days=5)])
+    assert later.customers_created == 0
+    assert links(store)[("stripe", "cus_1")] == oldest
+    assert [c.id for c in live_customers(store)] == [oldest]
