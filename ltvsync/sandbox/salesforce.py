@@ -163,6 +163,8 @@ class SalesforceEmulator(Emulator):
         self.api_route("GET", API + r"/sobjects/(?P<obj>\w+)/describe/?", "describe", self._describe)
         self.api_route("GET", API + r"/sobjects/(?P<obj>\w+)/(?P<rid>\w+)", "record_get", self._get)
         self.api_route("PATCH", API + r"/sobjects/(?P<obj>\w+)/(?P<rid>\w+)", "record_patch", self._patch)
+        self.api_route("POST", API + r"/sobjects/(?P<obj>\w+)/?", "record_create", self._create)
+        self.api_route("DELETE", API + r"/sobjects/(?P<obj>\w+)/(?P<rid>\w+)", "record_delete", self._delete)
         self.api_route("POST", API + r"/composite/sobjects/?", "collections_create", self._coll_create)
         self.api_route("PATCH", API + r"/composite/sobjects/?", "collections_update", self._coll_update)
         self.api_route(
@@ -297,13 +299,35 @@ class SalesforceEmulator(Emulator):
             return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
         if body is None:
             return sf_error(400, "JSON_PARSER_ERROR", "request body must be a JSON object")
-        plan = self.store.plan_update(name, rid, body)
+        return self._apply_single(self.store.plan_update(name, rid, body))
+
+    def _create(self, req: Request, ver: str, obj: str) -> Response:
+        name, body = self.store.object_name(obj), json_object(req)
+        if name is None:
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
+        if body is None:
+            return sf_error(400, "JSON_PARSER_ERROR", "request body must be a JSON object")
+        return self._apply_single(self.store.plan_create(name, body))
+
+    def _delete(self, req: Request, ver: str, obj: str, rid: str) -> Response:
+        name = self.store.object_name(obj)
+        if name is None or rid not in self.store.objects[name]:
+            return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
+        return self._apply_single(self.store.plan_delete(name, rid))
+
+    def _apply_single(self, plan: Plan | WriteError) -> Response:
+        """One-record REST write: 400 with the error list, 201 with the new id, or 204."""
         if isinstance(plan, WriteError):
             return Response.json(
                 [{"message": plan.message, "errorCode": plan.status_code, "fields": list(plan.fields)}], 400
             )
-        self.store.apply(plan, CLIENT)
+        record_id = self.store.apply(plan, CLIENT)
+        if plan.op == "create":
+            return Response.json({"id": record_id, "success": True, "errors": []}, 201)
         return Response(204, b"", {}, None)
+
+    def not_found(self, req: Request) -> Response:
+        return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
 
     # -- sObject Collections ---------------------------------------------------------------------
     def _collection_body(self, req: Request) -> tuple[list[dict[str, Any]], bool] | Response:

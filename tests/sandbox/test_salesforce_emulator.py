@@ -17,6 +17,7 @@ from simple_salesforce.exceptions import (
     SalesforceExpiredSession,
     SalesforceMalformedRequest,
     SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
 )
 from simple_salesforce.format import format_soql
 
@@ -263,6 +264,15 @@ def test_single_record_update_and_someone_else_edits(
     assert sf_emulator.writes == [("Contact", contact_id(7), {"LTV__c": 99.0})]
     sf_emulator.delete("Contact", contact_id(7))
     assert sf.query(format_soql("SELECT Id FROM Contact WHERE Id = {}", contact_id(7)))["totalSize"] == 0
+    new_id = contact.create({"LastName": "Created", "Email": "created@example.com"})["id"]
+    assert sf_emulator.record("Contact", new_id)["Name"] == "Created"
+    assert contact.delete(new_id) == 204
+    assert sf_emulator.record("Contact", new_id)["IsDeleted"] is True
+    with pytest.raises(SalesforceMalformedRequest) as info:
+        contact.create({"Email": "no-last-name@example.com"})
+    assert cast(Any, info.value).content[0]["errorCode"] == "REQUIRED_FIELD_MISSING"
+    with pytest.raises(SalesforceResourceNotFound):
+        contact.get(new_id)
 
 
 # -- Bulk API 2.0 ----------------------------------------------------------------------------------
