@@ -325,3 +325,50 @@ def early_vanish(ev: Evaluator, last: int) -> dict[str, dict[str, float | int]]:
 
 def rule_by_name(rules: Iterable[Rule], name: str) -> Rule | None:
     return next((r for r in rules if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class TagReason:
+    """A tag a customer holds now, with the rule and values of the run that put them in it."""
+
+    tag: str
+    since: datetime
+    rule: str
+    values: Any
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    at: datetime
+    tag: str
+    action: str
+    rule: str
+    values: Any
+    model_version: str | None
+
+
+def customer_tag_reasons(conn: Connection, customer_id: int) -> list[TagReason]:
+    """Current tags of one customer, each with its latest 'enter' history row."""
+    m, h = TAG_TABLES["tag_membership"], TAG_TABLES["tag_history"]
+    held = conn.execute(
+        select(m.c.tag, m.c.since).where(m.c.customer_id == customer_id).order_by(m.c.tag)
+    ).all()
+    out = []
+    for tag, since in held:
+        row = conn.execute(
+            select(h.c.rule, h.c["values"])
+            .where(h.c.customer_id == customer_id, h.c.tag == tag, h.c.action == "enter")
+            .order_by(h.c.at.desc(), h.c.id.desc())
+            .limit(1)
+        ).first()
+        out.append(TagReason(tag, since, row.rule if row else "", row.values if row else None))
+    return out
+
+
+def customer_history(conn: Connection, customer_id: int, limit: int) -> list[HistoryRow]:
+    """The latest ``limit`` enter/leave rows of one customer, newest first."""
+    h = TAG_TABLES["tag_history"]
+    query = (
+        select(h).where(h.c.customer_id == customer_id).order_by(h.c.at.desc(), h.c.id.desc()).limit(limit)
+    )
+    return [HistoryRow(r.at, r.tag, r.action, r.rule, r.values, r.model_version) for r in conn.execute(query)]
