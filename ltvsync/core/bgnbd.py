@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, special
 
-from ltvsync.core.rfm import FloatArray, as_float, factorize, group_rows
+from ltvsync.core.rfm import FloatArray, as_float, factorize, group_rows, single_threaded_blas
 
 # Times are rescaled so that max(T) == TIME_SCALE_TARGET before optimizing: the optimizer then
 # sees parameters of order one whatever the unit (days vs weeks); alpha is scaled back after.
@@ -327,6 +327,13 @@ def fit_bgnbd(
     its range (the likelihood has no interior maximum, e.g. no repeat buyers) or the result is
     not finite.
     """
+    with single_threaded_blas():
+        return _fit_bgnbd(frequency, recency, T, initial)
+
+
+def _fit_bgnbd(
+    frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, initial: tuple[float, float, float, float] | None
+) -> BgNbdModel:
     started = time.perf_counter()
     d = prepare_bgnbd_data(frequency, recency, T)
     if d.n_customers == 0:

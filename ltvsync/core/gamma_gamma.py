@@ -26,7 +26,7 @@ from ltvsync.core.bgnbd import (
     _dot,
     at_bound,
 )
-from ltvsync.core.rfm import FloatArray, as_float, factorize
+from ltvsync.core.rfm import FloatArray, as_float, factorize, single_threaded_blas
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,11 @@ def fit_gamma_gamma(frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGam
     log-parameters with the analytic gradient (L-BFGS-B, Nelder-Mead as fallback). Never raises on
     data: problems show as ``converged=False`` and/or ``degenerate=True`` with a ``reason``.
     """
+    with single_threaded_blas():
+        return _fit_gamma_gamma(frequency, monetary_value)
+
+
+def _fit_gamma_gamma(frequency: ArrayLike, monetary_value: ArrayLike) -> GammaGammaModel:
     started = time.perf_counter()
     d = _prepare(frequency, monetary_value)
     if d.n_customers == 0:
