@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from ltvsync.core.pipeline import Cycle, CycleOptions, SyncReport, run_cycle
 from ltvsync.core.store import Store
+from ltvsync.sandbox.http import Knobs
 from ltvsync.sandbox.runner import Sandbox
+from tests.integration.helpers import small_world
 
 SF_WRITES = ("collections_update", "bulk_ingest_create")
 AT_WRITES = ("records_update", "records_create")
@@ -97,3 +108,115 @@ def test_dry_run_prints_exactly_what_the_real_run_then_writes(sandbox: Sandbox, 
     planned_api = {(t, mapping[f], v) for t, f, v in planned if f != "updated"}
     assert planned_api and planned_api <= landed
     assert {(r, f) for r, f, _ in landed if f != mapping["updated"]} == {(t, f) for t, f, _ in planned_api}
+
+
+class FakeClock:
+    """A wall clock the test moves forward, so retry backoff can elapse instantly."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(hour=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now = self.now + timedelta(**delta)
+
+
+def test_per_record_rejections_are_reported_retried_and_land_once_cleared(
+    sandbox: Sandbox, cycle: Cycle
+) -> None:
+    clock = FakeClock()
+    cycle.clock = clock
+    contacts = sorted(sandbox.world.salesforce["Contact"])[:3]
+    message = "LTV fields are locked for review"
+    for cid in contacts:
+        sandbox.salesforce.fail_records[cid] = ("FIELD_CUSTOM_VALIDATION_EXCEPTION", message)
+    first = run_cycle(cycle, trigger="test")
+    sf = dest(first, "salesforce")
+    assert sf["failed"] == 3 and sf["ok"] == sf["customers"] - 3
+    assert {r["status_code"] for r in sf["rejections"]} == {"FIELD_CUSTOM_VALIDATION_EXCEPTION"}
+    assert {r["message"] for r in sf["rejections"]} == {message}
+    assert first.status == "partial"
+
+    clock.advance(minutes=30)  # past the first backoff: retried, still failing
+    reset(sandbox)
+    second = run_cycle(cycle, trigger="test")
+    assert dest(second, "salesforce")["failed"] == 3
+    assert writes(sandbox)[0] == 1
+
+    sandbox.salesforce.fail_records.clear()
+    clock.advance(hours=2)
+    reset(sandbox)
+    before = len(sandbox.salesforce.writes)
+    third = run_cycle(cycle, trigger="test")
+    assert dest(third, "salesforce")["ok"] == 3 and dest(third, "salesforce")["failed"] == 0
+    assert {rid for _o, rid, _f in sandbox.salesforce.writes[before:]} == set(contacts)
+    assert writes(sandbox) == (1, 0)
+
+
+def test_a_field_edited_by_someone_else_is_left_alone_under_skip(sandbox: Sandbox, cycle: Cycle) -> None:
+    assert cycle.settings.salesforce.edit_policy == "skip"
+    cycle.settings.tags.use_defaults = False
+    run_cycle(cycle, trigger="test")
+    target = sorted(rid for _o, rid, _f in sandbox.salesforce.writes)[0]
+    sandbox.salesforce.modify("Contact", target, {"LTV__c": 9999.0})  # a person's edit
+    today = datetime.now(UTC).date().isoformat()
+    sandbox.salesforce.add(
+        "Opportunity",
+        {
+            "Name": "more",
+            "ContactId": target,
+            "Amount": 80.0,
+            "CloseDate": today,
+            "StageName": "Closed Won",
+            "IsWon": True,
+            "IsClosed": True,
+            "CurrencyIsoCode": "USD",
+        },
+    )
+    before = len(sandbox.salesforce.writes)
+    report = run_cycle(cycle, trigger="test")
+    sf = dest(report, "salesforce")
+    assert sf["skipped_edits"] == 1
+    assert sf["edits"][0]["fields"] == ["ltv"]
+    assert all(rid != target for _o, rid, _f in sandbox.salesforce.writes[before:])
+    assert sandbox.salesforce.record("Contact", target)["LTV__c"] == 9999.0
+
+
+def test_push_killed_midway_then_rerun_ends_correct_without_resending(tmp_path: Path) -> None:
+    world = small_world(n=300, seed=21)
+    with Sandbox(world=world, knobs=Knobs(time_scale=0.001)) as sb:
+        url = f"sqlite:///{tmp_path / 'push.db'}"
+        config = sb.write_config(tmp_path / "push.toml", store_url=url)
+        env = {**os.environ, "LTVSYNC_SALESFORCE__CURRENCY_FIELD": "CurrencyIsoCode"}
+        command = [sys.executable, "-m", "ltvsync.cli", "sync", "--config", str(config), "--json"]
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Wait until the Airtable push is under way (it is throttled to < 5 requests a second).
+        deadline = time.monotonic() + 120
+        while sb.airtable.count("records_update") < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        calls_before = sb.airtable.count("records_update")
+        assert calls_before > 0
+        rerun = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
+        assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+        report = json.loads(rerun.stdout)
+        at = next(d for d in report["destinations"] if d["destination"] == "airtable")
+        records = sb.airtable.records("appSandbox0000001", "Customers")
+        # Every customer landed once; at most the batch in flight at the kill was sent twice.
+        total_customers = at["customers"]
+        assert len(records) == total_customers
+        total_calls = sb.airtable.count("records_update")
+        assert total_calls <= math.ceil(total_customers / 10) + 1
+        with Store.open(url).engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT COUNT(*) FROM push_state WHERE destination = 'airtable' "
+                    "AND last_error IS NULL AND values_hash IS NOT NULL"
+                )
+            ).scalar_one()
+        assert rows == total_customers
+        emails = {r["fields"]["Email"] for r in records}
+        assert len(emails) == total_customers
