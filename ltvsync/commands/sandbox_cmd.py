@@ -77,6 +77,7 @@ def serve(
                 "seed": seed,
                 "as_of": sandbox.world.as_of.isoformat(),
                 "startup_seconds": round(time.perf_counter() - started, 3),
+                "peak_rss_mb": _peak_rss_mb(),
             }
             sys.stdout.write(json.dumps(document) + "\n")
             sys.stdout.flush()
@@ -85,6 +86,16 @@ def serve(
         _wait_for_interrupt()
     finally:
         sandbox.stop()
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
 
 
 def _print_table(info: dict[str, dict[str, object]], config: Path, seconds: float) -> None:

@@ -87,10 +87,11 @@ class ZendeskEmulator(Emulator):
         self.email = email
         self.token = token
         self.clock = clock or (lambda: datetime.now(UTC))
+        # Records are shared with the world until changed: admin edits replace a record, never mutate it.
         self._tickets = _Stream(
-            {int(k): dict(v) for k, v in tickets.items()}, lambda t: int(t["generated_timestamp"])
+            {int(k): v for k, v in tickets.items()}, lambda t: int(t["generated_timestamp"])
         )
-        self._users = _Stream({int(k): dict(v) for k, v in users.items()}, lambda u: _epoch(u["updated_at"]))
+        self._users = _Stream({int(k): v for k, v in users.items()}, lambda u: _epoch(u["updated_at"]))
         self.incremental_limit = SlidingWindow(INCREMENTAL_PER_MINUTE, 60.0)
         self.route(
             "GET", r"/api/v2/incremental/tickets/cursor\.json", "incremental_tickets", self._inc_tickets
@@ -105,10 +106,10 @@ class ZendeskEmulator(Emulator):
         """Change a ticket as an agent would: it re-enters the export with a new timestamp."""
         now = self.clock()
         with self._lock:
-            ticket = self._tickets.items[int(ticket_id)]
-            ticket.update(fields)
+            ticket = {**self._tickets.items[int(ticket_id)], **fields}
             ticket["updated_at"] = _iso(now)
             ticket["generated_timestamp"] = int(now.timestamp())
+            self._tickets.items[int(ticket_id)] = ticket
             self._tickets.invalidate()
             return dict(ticket)
 
