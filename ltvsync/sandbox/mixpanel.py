@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import bisect
 import gzip
+import io
 import itertools
 import json
 import threading
@@ -142,13 +143,16 @@ class MixpanelEmulator(Emulator):
         except MixpanelError as exc:
             return self._error(req, exc.status, str(exc))
         in_ms = req.arg("time_in_ms") == "true"
-        lines = []
+        # Encoded line by line into one buffer: a full 100k-customer export is ~100 MB, and a list of
+        # line strings plus their join would hold it three times over.
+        buffer = io.BytesIO()
         for ev in selected:
             if in_ms:
                 ev = {"event": ev["event"], "properties": dict(ev["properties"])}
                 ev["properties"]["time"] = int(ev["properties"]["time"]) * 1000
-            lines.append(json.dumps(ev, separators=(",", ":")))
-        body = ("\n".join(lines) + "\n").encode() if lines else b""
+            buffer.write(json.dumps(ev, separators=(",", ":")).encode())
+            buffer.write(b"\n")
+        body = buffer.getvalue()
         headers: dict[str, str] = {}
         if "gzip" in (req.header("accept-encoding") or "").lower() and len(body) > GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=1)
