@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,8 +81,12 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        for emulator in self.emulators():
-            emulator.stop()
+        # Each server needs up to one poll interval (0.5 s) to notice shutdown; stop them together.
+        threads = [threading.Thread(target=e.stop, name=f"stop-{e.name}") for e in self.emulators()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
     def emulators(self) -> list[Emulator]:
         found = [self.salesforce, self.mixpanel, self.zendesk, self.airtable]

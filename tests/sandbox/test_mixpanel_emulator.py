@@ -219,3 +219,20 @@ def test_added_events_are_exported(emulator: MixpanelEmulator) -> None:
     emulator.add_events([late])
     got = client_for(emulator).query_export({"from_date": "2025-05-30", "to_date": "2025-05-30"})
     assert late in got
+
+
+def test_admin_http_route_adds_events_and_is_exempt_from_faults(world: World) -> None:
+    emu = MixpanelEmulator([], [], Knobs(fault_rate=1.0, rate_limits=False))
+    emu.start()
+    try:
+        event = {
+            "event": "Login",
+            "properties": {"time": 1_740_000_000, "distinct_id": "u_1", "$insert_id": "a" * 32},
+        }
+        request = urllib.request.Request(
+            f"{emu.base_url}/admin/events", data=json.dumps([event]).encode(), method="POST"
+        )
+        assert json.load(urllib.request.urlopen(request, timeout=10))["added"] == 1
+        assert emu.events == [event]
+    finally:
+        emu.stop()

@@ -184,3 +184,16 @@ def test_eleventh_request_in_a_minute_is_429_with_retry_after(world: World) -> N
         assert s.get(url, params={"start_time": 0}, timeout=10).status_code == 200
     finally:
         emu.stop()
+
+
+def test_admin_http_route_updates_a_ticket(emulator: ZendeskEmulator, world: World, clock: Clock) -> None:
+    ticket_id = max(world.zendesk_tickets)
+    response = requests.put(
+        f"{emulator.base_url}/admin/tickets/{ticket_id}", json={"status": "closed"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert emulator.ticket(ticket_id)["status"] == "closed"
+    assert emulator.ticket(ticket_id)["generated_timestamp"] == int(clock.now.timestamp())
+    # The world's own record is untouched: the emulator replaces records instead of mutating them.
+    assert world.zendesk_tickets[ticket_id]["generated_timestamp"] < AS_OF.timestamp()
+    assert requests.put(f"{emulator.base_url}/admin/tickets/1", json={}, timeout=10).status_code == 404
