@@ -51,6 +51,16 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def scoped_key(conn: Connection, name: str) -> int:
+    """The advisory key of ``name`` for the store ``conn`` is connected to.
+
+    Advisory keys are per database cluster: scoping them to the store (database + schema) makes
+    replicas of one store exclude each other while stores in other schemas do not.
+    """
+    scope = conn.execute(text("SELECT current_database() || '.' || current_schema()")).scalar()
+    return advisory_key(f"{name}@{scope}")
+
+
 @contextmanager
 def cycle_lock(store: LockableStore, name: str = DEFAULT_LOCK_NAME) -> Iterator[None]:
     """Hold the named lock for the ``with`` block, or raise ``LockHeldError`` at once."""
@@ -71,10 +81,10 @@ def cycle_lock(store: LockableStore, name: str = DEFAULT_LOCK_NAME) -> Iterator[
 
 @contextmanager
 def _postgres_lock(engine: Engine, name: str) -> Iterator[None]:
-    key = advisory_key(name)
     # Autocommit so the holder connection never sits "idle in transaction" for a whole cycle.
     conn: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
+        key = scoped_key(conn, name)
         got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
     except Exception:
         conn.close()

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from ltvsync.core.errors import LockHeldError, StoreError
-from ltvsync.core.lock import advisory_key, cycle_lock
+from ltvsync.core.lock import cycle_lock, scoped_key
 
 PG_URL = os.environ.get("LTVSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -58,9 +58,9 @@ def _unique_name() -> str:
 
 
 def _holders(store: _Store, name: str) -> int:
-    key = advisory_key(name)
-    classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
     with store.engine.connect() as conn:
+        key = scoped_key(conn, name)
+        classid, objid = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
         return int(
             conn.execute(
                 text(
