@@ -38,6 +38,7 @@ from ltvsync.core.cohorts import (
 from ltvsync.core.errors import LtvsyncError
 from ltvsync.core.models import TABLES
 from ltvsync.core.store import Store
+from ltvsync.core.tag_features import as_matrix
 from ltvsync.core.tags import customer_history, customer_tag_reasons
 
 # Exit status when the thing asked about does not exist (no such customer, no data yet).
@@ -85,7 +86,7 @@ def ltv(config: ConfigOption = None) -> None:
         fail("no LTV computed yet; run `ltvsync sync` first", EXIT_NOT_FOUND)
     if compute is not None:
         _print_model(compute)
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), 2)
+    values = as_matrix(rows, 2)
     table = Table(title=f"LTV distribution ({len(rows)} customers)", title_justify="left")
     for col in ("decile", "simple LTV", "predicted LTV"):
         table.add_column(col, justify="right")

@@ -2,13 +2,15 @@
 period since start, cumulative revenue per customer and average simple and predicted LTV; weekly
 snapshots of those figures; annotations and a before/after comparison around one.
 
-Set-based: one SQL statement collects the distinct (customer, period) pairs with any activity (a
-purchase or an event other than signup) and one the revenue per (customer, period); numpy does
-the rest.  Periods are calendar periods in UTC (weeks start on Monday); period k of a cohort is
-the k-th calendar period after the one it started in, and only periods that have begun by
-``as_of`` are reported.  Purchases dated before a customer's start count in period 0.
+Set-based: one SQL statement collects the distinct (customer, UTC day) pairs with any activity (a
+purchase or an event other than signup) and one the revenue per (customer, day); numpy buckets
+them into months and weeks and does the rest.  Periods are calendar periods in UTC (weeks start
+on Monday); period k of a cohort is the k-th calendar period after the one it started in, and
+only periods that have begun by ``as_of`` are reported.  Purchases dated before a customer's start
+count in period 0.
 
-Relies on SQLite ``strftime``/``julianday`` and PostgreSQL ``EXTRACT`` for period numbers.
+Relies on SQLite ``julianday`` and PostgreSQL date arithmetic for day numbers (``metrics.day_expr``)
+and numpy ``datetime64`` for calendar months.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sqlalchemy import Connection, delete, insert, select, text
 
 from ltvsync.config.settings import Settings
 from ltvsync.core.errors import LtvsyncError
+from ltvsync.core.metrics import day_expr
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import bind_time
+from ltvsync.core.tag_features import as_matrix, bind_time
 
 Period = Literal["month", "week"]
 PERIODS: tuple[Period, ...] = ("month", "week")
@@ -41,19 +44,6 @@ SUMMARY_COHORTS = 3
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
-
-_PERIOD_SQL = {
-    (
-        "sqlite",
-        "month",
-    ): "((CAST(strftime('%Y', {c}) AS INTEGER) - 1970) * 12 + CAST(strftime('%m', {c}) AS INTEGER) - 1)",
-    ("sqlite", "week"): "CAST((julianday({c}) - 2440587.5 + 3) / 7 AS INTEGER)",
-    ("postgresql", "month"): (
-        "CAST((EXTRACT(YEAR FROM {c} AT TIME ZONE 'UTC') - 1970) * 12 "
-        "+ EXTRACT(MONTH FROM {c} AT TIME ZONE 'UTC') - 1 AS INTEGER)"
-    ),
-    ("postgresql", "week"): "CAST(FLOOR((EXTRACT(EPOCH FROM {c}) / 86400.0 + 3) / 7) AS INTEGER)",
-}
 
 
 class AnnotationError(LtvsyncError):
@@ -110,8 +100,24 @@ class CohortRow:
     ltv_predicted_avg: float | None
 
 
-def read_cohort_data(conn: Connection, dialect: str, period: Period, as_of: datetime) -> CohortData:
-    """Everything a cohort table needs, for every customer in ``customer_metrics``."""
+@dataclass(frozen=True)
+class CohortFacts:
+    """Period-free facts: customers with their start, distinct active days and spend per day."""
+
+    as_of: datetime
+    customer_id: IntArray
+    start_day: FloatArray
+    ltv_simple: FloatArray
+    ltv_predicted: FloatArray
+    active_pos: IntArray
+    active_day: IntArray
+    spend_pos: IntArray
+    spend_day: IntArray
+    spend: FloatArray
+
+
+def read_cohort_facts(conn: Connection, dialect: str, as_of: datetime) -> CohortFacts:
+    """One pass over events and purchases, in whole UTC days, for any period kind."""
     as_of_day = as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
     rows = conn.execute(
         text(
@@ -119,57 +125,76 @@ def read_cohort_data(conn: Connection, dialect: str, period: Period, as_of: date
             "FROM customer_metrics ORDER BY customer_id"
         )
     ).all()
-    data = np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+    data = as_matrix(rows, 4)
     ids = data[:, 0].astype(np.int64)
     start = as_of_day - np.nan_to_num(data[:, 1], nan=0.0)
-    cohort = period_of_days(start, period)
-    current = int(period_of_days(np.array([as_of_day]), period)[0])
-    col = _PERIOD_SQL[(dialect, period)]
+    ev_day, pu_day = day_expr(dialect, "e.occurred_at"), day_expr(dialect, "p.purchased_at")
     params = {"as_of": bind_time(as_of, dialect)}
     active = conn.execute(
         text(
-            f"SELECT e.customer_id, {col.format(c='e.occurred_at')} FROM event e "
+            f"SELECT e.customer_id, {ev_day} FROM event e "
             "WHERE e.customer_id IS NOT NULL AND e.kind <> 'signup' AND e.occurred_at < :as_of "
-            f"UNION SELECT p.customer_id, {col.format(c='p.purchased_at')} FROM purchase p "
+            f"UNION SELECT p.customer_id, {pu_day} FROM purchase p "
             "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of"
         ),
         params,
     ).all()
     spend = conn.execute(
         text(
-            f"SELECT p.customer_id, {col.format(c='p.purchased_at')} AS k, "
-            "CAST(SUM(p.amount_base) AS FLOAT) FROM purchase p "
+            f"SELECT p.customer_id, {pu_day}, CAST(SUM(p.amount_base) AS FLOAT) FROM purchase p "
             "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of "
-            f"GROUP BY p.customer_id, {col.format(c='p.purchased_at')}"
+            f"GROUP BY p.customer_id, {pu_day}"
         ),
         params,
     ).all()
-    a_pos, a_k, _ = _pairs(ids, cohort, active, with_value=False)
-    r_pos, r_k, r_val = _pairs(ids, cohort, spend, with_value=True)
-    return CohortData(
-        period, as_of, ids, start, cohort, current, data[:, 2], data[:, 3], a_pos, a_k, r_pos, r_k, r_val
-    )
+    a_pos, a_day, _ = _align(ids, active, 2)
+    s_pos, s_day, s_val = _align(ids, spend, 3)
+    return CohortFacts(as_of, ids, start, data[:, 2], data[:, 3], a_pos, a_day, s_pos, s_day, s_val)
 
 
-def _pairs(
-    ids: IntArray, cohort: IntArray, rows: Sequence[Any], *, with_value: bool
-) -> tuple[IntArray, IntArray, FloatArray]:
-    """(position, k since the customer's cohort, value) for rows of known customers."""
+def _align(ids: IntArray, rows: Sequence[Any], width: int) -> tuple[IntArray, IntArray, FloatArray]:
+    """(customer position, day, value) for rows of customers in ``ids``."""
     if not rows or not len(ids):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
-    arr = np.array(rows, dtype=np.float64)
+    arr = as_matrix(rows, width)
     got = arr[:, 0].astype(np.int64)
     pos = np.minimum(np.searchsorted(ids, got), len(ids) - 1)
     ok = ids[pos] == got
-    pos = pos[ok]
-    k = arr[ok, 1].astype(np.int64) - cohort[pos]
-    value = np.nan_to_num(arr[ok, 2]) if with_value else np.zeros(len(pos))
-    if with_value:
-        k = np.maximum(k, 0)  # spend before the start belongs to the first period
-    else:
-        keep = k >= 0
-        pos, k, value = pos[keep], k[keep], value[keep]
-    return pos, k, value
+    value = np.nan_to_num(arr[ok, 2]) if width > 2 else np.zeros(int(ok.sum()))
+    return pos[ok], arr[ok, 1].astype(np.int64), value
+
+
+def cohort_data(facts: CohortFacts, period: Period) -> CohortData:
+    """Facts bucketed into ``period``: each customer's cohort and (customer, k) pairs."""
+    as_of_day = facts.as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
+    cohort = period_of_days(facts.start_day, period)
+    current = int(period_of_days(np.array([as_of_day]), period)[0])
+    k = period_of_days(facts.active_day.astype(np.float64), period) - cohort[facts.active_pos]
+    keep = k >= 0
+    # Several active days fall in one period: count each customer once per period.
+    n_periods = int(k.max()) + 1 if len(k) else 1
+    pairs = np.unique(facts.active_pos[keep] * n_periods + k[keep])
+    spend_k = period_of_days(facts.spend_day.astype(np.float64), period) - cohort[facts.spend_pos]
+    return CohortData(
+        period,
+        facts.as_of,
+        facts.customer_id,
+        facts.start_day,
+        cohort,
+        current,
+        facts.ltv_simple,
+        facts.ltv_predicted,
+        pairs // n_periods,
+        pairs % n_periods,
+        facts.spend_pos,
+        np.maximum(spend_k, 0),  # spend before the start belongs to the first period
+        facts.spend,
+    )
+
+
+def read_cohort_data(conn: Connection, dialect: str, period: Period, as_of: datetime) -> CohortData:
+    """Everything a cohort table needs, for every customer in ``customer_metrics``."""
+    return cohort_data(read_cohort_facts(conn, dialect, as_of), period)
 
 
 def cohort_table(data: CohortData) -> list[CohortRow]:
@@ -318,8 +343,9 @@ def cohorts_hook(store: Store, conn: Connection, settings: Settings, as_of: date
     """Compute month and week cohorts, keep this week's snapshot, and fill ``report.cohorts``."""
     week = snapshot_date(as_of)
     summary: dict[str, Any] = {"snapshot_date": week.isoformat()}
+    facts = read_cohort_facts(conn, store.dialect, as_of)
     for period in PERIODS:
-        rows = cohort_table(read_cohort_data(conn, store.dialect, period, as_of))
+        rows = cohort_table(cohort_data(facts, period))
         snap = TAG_TABLES["cohort_snapshot"]
         # Replace the week's rows: a cohort that emptied since the last run must not linger.
         conn.execute(delete(snap).where(snap.c.snapshot_date == week, snap.c.period == period))

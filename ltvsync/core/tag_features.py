@@ -13,7 +13,7 @@ Zendesk satisfaction score "bad" (Zendesk Support API, Satisfaction Ratings) for
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,6 +199,15 @@ def _ticket_columns(windows: set[tuple[str, int]]) -> tuple[str, list[str]]:
     return ", ".join(cols), keys
 
 
+def as_matrix(rows: Sequence[Any], width: int) -> FloatArray:
+    """Result rows as a float matrix (None -> NaN).
+
+    Rows are turned into plain tuples first: numpy probes each SQLAlchemy ``Row`` for the array
+    protocols, which is about 15 times slower on a million rows.
+    """
+    return np.array([tuple(r) for r in rows], dtype=np.float64).reshape(len(rows), width)
+
+
 def _grouped(
     conn: Connection, sql: str, params: Mapping[str, object], ids: IntArray, width: int
 ) -> FloatArray:
@@ -207,7 +216,7 @@ def _grouped(
     rows = conn.execute(text(sql), dict(params)).all()
     if not rows or not len(ids):
         return out
-    data = np.array(rows, dtype=np.float64)
+    data = as_matrix(rows, width + 1)
     got = data[:, 0].astype(np.int64)
     pos = np.searchsorted(ids, got)
     pos_c = np.minimum(pos, len(ids) - 1)
@@ -222,7 +231,7 @@ def _metrics(conn: Connection) -> dict[str, Any]:
         text(f"SELECT customer_id, {cols}, model_version, tags FROM customer_metrics ORDER BY customer_id")
     ).all()
     width = len(METRIC_COLUMNS) + 1
-    numeric = np.array([r[:width] for r in rows], dtype=np.float64).reshape(len(rows), width)
+    numeric = as_matrix([r[:width] for r in rows], width)
     out: dict[str, Any] = {"customer_id": numeric[:, 0]}
     for i, name in enumerate(METRIC_COLUMNS, start=1):
         out[name] = numeric[:, i]

@@ -12,6 +12,7 @@ No vendor documentation is involved; rule semantics are in ``ltvsync.core.tag_ru
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, delete, select
 
 from ltvsync.config.settings import Settings
-from ltvsync.core.models import TABLES
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import Features, FloatArray, read_features
+from ltvsync.core.tag_features import Features, FloatArray, bind_time, read_features
 from ltvsync.core.tag_rules import Condition, Rule, rules_from_settings
 
 BoolArray = NDArray[np.bool_]
@@ -39,6 +39,7 @@ WEEK_AGO_DAYS = 7
 WEEK_AGO_MAX_DAYS = 14
 AT_RISK_TAG = "at-risk"
 _CHUNK = 900  # SQLite's parameter limit, with room
+_DRIVER_BATCH = 50_000
 _COMPARE: dict[str, Any] = {
     "<": np.less,
     "<=": np.less_equal,
@@ -118,17 +119,29 @@ class Evaluator:
     def node(self, node: Condition | Rule) -> BoolArray:
         return self.condition(node) if isinstance(node, Condition) else self.rule(node)
 
-    def reasons(self, rule: Rule, rows: NDArray[np.intp]) -> list[dict[str, Any]]:
-        """For each row index, the values the rule read and the thresholds it compared them with."""
+    def reasons(self, rule: Rule, rows: NDArray[np.intp]) -> list[str]:
+        """For each row index, JSON of the values the rule read and the thresholds it used."""
         conds = rule.conditions()
         keys = sorted({c.key for c in conds})
-        limits = {c.describe(): _finite(self.threshold(c)) for c in conds}
+        limits = _dumps({c.describe(): _finite(self.threshold(c)) for c in conds})
         table = np.column_stack([self.metric(k)[rows] for k in keys]) if keys else np.zeros((len(rows), 0))
-        out = []
-        for values in table.tolist():
-            row = {k: _finite(v) for k, v in zip(keys, values, strict=True)}
-            out.append({"values": row, "thresholds": limits})
-        return out
+        head = '{"thresholds":' + limits + ',"values":{'
+        names = [json.dumps(k) + ":" for k in keys]
+        # Formatted by hand (floats as JSON numbers, NaN as null): json.dumps per row is the
+        # slowest part of a first run, when every customer enters its tags.
+        return [
+            head + ",".join(n + _json_number(v) for n, v in zip(names, values, strict=True)) + "}}"
+            for values in table.tolist()
+        ]
+
+
+def _json_number(value: float) -> str:
+    return repr(round(value, 6)) if math.isfinite(value) else "null"
+
+
+def _dumps(value: Any) -> str:
+    # Sorted keys and compact separators: the same text JsonText writes.
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _finite(value: float) -> float | None:
@@ -214,31 +227,21 @@ def _write_changes(
     by_name = {rule.name: rule for rule in rules}
     ids = features.customer_id
     membership = TAG_TABLES["tag_membership"]
-    history: list[dict[str, Any]] = []
+    at = bind_time(as_of, store.dialect)
+    history: list[tuple[Any, ...]] = []
     for tag in sorted(set(changes.entered) | set(changes.left)):
         rule = by_name.get(tag)
+        text = rule.describe() if rule is not None else "(rule removed)"
         for action, who in (("enter", changes.entered[tag]), ("leave", changes.left[tag])):
             if not len(who):
                 continue
-            pos = np.searchsorted(ids, who)
-            pos_c = np.minimum(pos, max(len(ids) - 1, 0))
-            known = (ids[pos_c] == who) if len(ids) else np.zeros(len(who), dtype=bool)
-            reasons = ev.reasons(rule, pos_c) if rule is not None and len(ids) else [None] * len(who)
-            text = rule.describe() if rule is not None else "(rule removed)"
+            pos = np.minimum(np.searchsorted(ids, who), max(len(ids) - 1, 0))
+            known = (ids[pos] == who) if len(ids) else np.zeros(len(who), dtype=bool)
+            reasons = ev.reasons(rule, pos) if rule is not None and len(ids) else [None] * len(who)
             for i, cid in enumerate(who.tolist()):
-                values = reasons[i] if known[i] else {"reason": "no longer a counted customer"}
-                version = features.model_version[pos_c[i]] if known[i] else None
-                history.append(
-                    {
-                        "customer_id": cid,
-                        "tag": tag,
-                        "action": action,
-                        "at": as_of,
-                        "rule": text,
-                        "values": values,
-                        "model_version": version,
-                    }
-                )
+                values = reasons[i] if known[i] else _GONE
+                version = features.model_version[pos[i]] if known[i] else None
+                history.append((cid, tag, action, at, text, values, version))
         left = changes.left[tag].tolist()
         for i in range(0, len(left), _CHUNK):
             chunk = left[i : i + _CHUNK]
@@ -247,8 +250,27 @@ def _write_changes(
             )
         entered = [{"customer_id": cid, "tag": tag, "since": as_of} for cid in changes.entered[tag].tolist()]
         store.upsert_many(conn, membership, entered, key=("customer_id", "tag"))
-    if history:
-        conn.execute(insert(TAG_TABLES["tag_history"]), history)
+    # Straight to the driver: SQLAlchemy's per-row parameter processing would dominate the run
+    # when every customer enters its tags at once (first run); values are pre-serialised.
+    _executemany(
+        conn,
+        'INSERT INTO tag_history (customer_id, tag, action, at, rule, "values", model_version) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        history,
+    )
+
+
+_GONE = json.dumps({"reason": "no longer a counted customer"})
+
+
+def _executemany(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Run ``sql`` (``?`` placeholders) for every row through the DB-API driver."""
+    if not rows:
+        return
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    for i in range(0, len(rows), _DRIVER_BATCH):
+        conn.exec_driver_sql(sql, list(rows[i : i + _DRIVER_BATCH]))
 
 
 def tag_strings(ids: NDArray[np.int64], masks: Mapping[str, BoolArray]) -> list[str | None]:
@@ -261,16 +283,13 @@ def tag_strings(ids: NDArray[np.int64], masks: Mapping[str, BoolArray]) -> list[
 
 
 def _write_tag_strings(conn: Connection, features: Features, masks: Mapping[str, BoolArray]) -> None:
-    t = TABLES["customer_metrics"]
     new = tag_strings(features.customer_id, masks)
     changed = [
-        {"cid": int(cid), "tags": tags}
+        (tags, cid)
         for cid, tags, old in zip(features.customer_id.tolist(), new, features.stored_tags, strict=True)
         if tags != (old or None)
     ]
-    if changed:
-        stmt = update(t).where(t.c.customer_id == bindparam("cid")).values(tags=bindparam("tags"))
-        conn.execute(stmt, changed)
+    _executemany(conn, "UPDATE customer_metrics SET tags = ? WHERE customer_id = ?", changed)
 
 
 def _write_counts(store: Store, conn: Connection, counts: Mapping[str, int], day: date) -> None:
