@@ -209,3 +209,23 @@ def test_degenerate_populations_never_raise(x: np.ndarray, t_x: np.ndarray, big_
         assert np.all(np.isfinite(m.expected_purchases(10, x, t_x, big_t)))
     else:
         assert m.message
+
+
+def test_warm_start_reaches_the_same_optimum_as_a_cold_start() -> None:
+    x, t_x, big_t = simulate(31, 60_000, 0.6, 8.0, 0.9, 3.0)  # > WARM_START_ROWS unique rows
+    warm = fit_bgnbd(x, t_x, big_t)
+    cold = fit_bgnbd(x, t_x, big_t, initial=(1.0, float(np.max(big_t)) / 10, 1.0, 1.0))
+    assert warm.converged and cold.converged
+    np.testing.assert_allclose(
+        [warm.r, warm.alpha, warm.a, warm.b], [cold.r, cold.alpha, cold.a, cold.b], rtol=1e-5
+    )
+    assert warm.log_likelihood == pytest.approx(cold.log_likelihood, abs=1e-6)
+
+
+def test_unconditional_expectation_agrees_with_eq_9(cdnow_model: BgNbdModel) -> None:
+    m = cdnow_model
+    t = np.array([1.0, 39.0, 78.0])
+    z = t / (m.alpha + t)
+    literal = (m.a + m.b - 1) / (m.a - 1)
+    literal = literal * (1 - (m.alpha / (m.alpha + t)) ** m.r * special.hyp2f1(m.r, m.b, m.a + m.b - 1, z))
+    np.testing.assert_allclose(m.expected_purchases_new(t), literal, rtol=1e-9)

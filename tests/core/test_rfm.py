@@ -137,3 +137,26 @@ def test_empty_and_all_after_end() -> None:
 def test_group_rows_counts_duplicates() -> None:
     (x, y), w = group_rows(np.array([1.0, 2.0, 1.0, 1.0]), np.array([5.0, 5.0, 5.0, 6.0]))
     assert list(zip(x, y, w, strict=True)) == [(1.0, 5.0, 2.0), (1.0, 6.0, 1.0), (2.0, 5.0, 1.0)]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param([-5, -5, 7], id="negative-ints"),
+        pytest.param([10**12, 10**12, 3], id="large-ints"),
+        pytest.param(["x", "x", "y"], id="strings"),
+    ],
+)
+def test_any_id_type_is_grouped(ids: list[object]) -> None:
+    s = rfm_summary(ids, [at(0), at(7), at(3)], [1.0, 2.0, 3.0], END)
+    got = as_dict(s)
+    assert got[ids[0]] == pytest.approx((1.0, 1.0, 90 / 7, 2.0))
+    assert got[ids[2]] == pytest.approx((0.0, 0.0, 87 / 7, 0.0))
+
+
+def test_microsecond_boundary_at_observation_end() -> None:
+    end = datetime(2024, 3, 31, 12, 0, 0, 500_000, tzinfo=UTC)
+    on_time = end
+    late = end + timedelta(microseconds=1)
+    s = rfm_summary([1, 1, 1], [at(0), on_time, late], [1.0, 2.0, 4.0], end)
+    assert s.frequency[0] == 1.0 and s.monetary_value[0] == 2.0
