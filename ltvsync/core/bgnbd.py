@@ -261,7 +261,8 @@ class BgNbdModel:
             growth = (lo + hi) / 2.0
         else:
             growth = _growth(self.r, self.a, self.b, x, z)
-        return growth * self.p_alive(x, t_x, big_t)
+        # Clamp: at t = 0 (or from rounding) the difference in eq. 10 can come out as -0.0 or -1e-17.
+        return np.maximum(growth, 0.0) * self.p_alive(x, t_x, big_t)
 
     def expected_purchases_new(self, t: ArrayLike) -> FloatArray:
         """E[X(t)]: expected repeat purchases of a new customer in ``t`` time units (eq. 9)."""
