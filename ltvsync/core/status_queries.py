@@ -91,7 +91,8 @@ class SqlStatusQueries:
             if at is None:
                 at, basis = updated_at, "updated_at"
             lag = max(0.0, (now - at).total_seconds()) if at is not None else None
-            result.append(StreamLag(connector, stream, cursor, updated_at, lag, basis))
+            age = max(0.0, (now - updated_at).total_seconds()) if updated_at is not None else None
+            result.append(StreamLag(connector, stream, cursor, updated_at, lag, basis, age))
         return result
 
     # -- customers ------------------------------------------------------------------------------

@@ -38,9 +38,13 @@ class StreamLag:
     stream: str
     cursor: str | None
     updated_at: datetime | None
-    # Now minus the cursor's own timestamp when the cursor holds one, else minus updated_at.
+    # Data freshness: now minus the cursor's own timestamp when the cursor holds one, else minus
+    # updated_at.  A source with a re-read window (Mixpanel's lag_days) always shows that window.
     lag_seconds: float | None
     lag_basis: str
+    # Sync freshness: now minus updated_at, i.e. since the pipeline last committed this stream.
+    # Alerts use this one: it grows only when syncing stalls, not when the source is quiet.
+    age_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ def cursor_time(cursor: str | None) -> datetime | None:
     if text.isdigit() and len(text) in (10, 13):
         seconds = int(text) / (1000 if len(text) == 13 else 1)
         return datetime.fromtimestamp(seconds, UTC)
+    # Keyset cursors pair the timestamp with a tie-breaker id ("<timestamp>|<Id>", Salesforce).
+    text = text.split("|", 1)[0]
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

@@ -1,7 +1,9 @@
 """Alerting webhook: one JSON POST when a condition starts, and one when it clears.
 
 Conditions, checked after every cycle: the cycle failed; the run rejected more payloads than
-``server.alert_rejections_threshold``; some stream's cursor lags more than ``server.alert_lag_minutes``.
+``server.alert_rejections_threshold``; some stream has not been synced (its cursor committed) for
+more than ``server.alert_lag_minutes``.  That is sync freshness, not data freshness: a quiet source
+or Mixpanel's re-read window must not raise an alert.
 The body carries ``text`` as well, so a Slack or Mattermost "incoming webhook" URL works as is
 (Slack API docs, "Sending messages using incoming webhooks").
 
@@ -63,12 +65,12 @@ def evaluate(
     if rejected > thresholds.rejections:
         active[REJECTIONS] = f"sync run {run.id if run else '?'} rejected {rejected} payloads"
     late = [
-        f"{lag.connector}.{lag.stream} ({lag.lag_seconds / 60:.0f} min)"
+        f"{lag.connector}.{lag.stream} ({lag.age_seconds / 60:.0f} min)"
         for lag in lags
-        if lag.lag_seconds is not None and lag.lag_seconds > thresholds.lag_seconds
+        if lag.age_seconds is not None and lag.age_seconds > thresholds.lag_seconds
     ]
     if late:
-        active[LAG] = "cursor lag over threshold: " + ", ".join(late)
+        active[LAG] = "streams not synced within the threshold: " + ", ".join(late)
     return active
 
 

@@ -138,6 +138,16 @@ def collect(
             ),
         ),
         Family(
+            "ltvsync_stream_sync_age_seconds",
+            "gauge",
+            "Seconds since the pipeline last committed each stream's cursor.",
+            tuple(
+                Sample((("connector", lag.connector), ("stream", lag.stream)), lag.age_seconds)
+                for lag in lags
+                if lag.age_seconds is not None
+            ),
+        ),
+        Family(
             "ltvsync_cycle_running",
             "gauge",
             "1 while a cycle runs in this process.",

@@ -61,8 +61,8 @@ class FakeQueries:
             2: finished_run(2, counts={"records": 1020, "rejections": 3}, report=PIPELINE_REPORT),
         }
         self.lags = [
-            StreamLag("salesforce", "contacts", "2026-12-04T08:00:00Z", T0, 3600.0, "cursor"),
-            StreamLag("zendesk", "tickets", "opaque", T0, 7200.0, "updated_at"),
+            StreamLag("salesforce", "contacts", "2026-12-04T08:00:00Z", T0, 3600.0, "cursor", 60.0),
+            StreamLag("zendesk", "tickets", "opaque", T0, 7200.0, "updated_at", 7200.0),
         ]
 
     def add_run(self, run: RunView) -> None:

@@ -37,8 +37,9 @@ def _bodies(rsps: responses.RequestsMock) -> list[dict[str, object]]:
 
 def test_evaluate_each_condition() -> None:
     ok = finished_run(5, "ok", counts={"records": 50, "rejections": 11})
-    lag_ok = StreamLag("sf", "contacts", None, AT, 60.0, "updated_at")
-    lag_bad = StreamLag("zd", "tickets", None, AT, 4 * 3600.0, "updated_at")
+    # Mixpanel-style: the cursor trails by its re-read window, but the stream was synced a minute ago.
+    lag_ok = StreamLag("mp", "events", "2026-12-01", AT, 3 * 86400.0, "cursor", 60.0)
+    lag_bad = StreamLag("zd", "tickets", None, AT, 4 * 3600.0, "updated_at", 4 * 3600.0)
     assert evaluate(finished_run(5, "ok"), None, [lag_ok], THRESHOLDS) == {}
     assert set(evaluate(ok, None, [lag_ok], THRESHOLDS)) == {REJECTIONS}
     assert set(evaluate(finished_run(6, "failed"), None, [lag_bad], THRESHOLDS)) == {CYCLE_FAILED, LAG}
@@ -88,7 +89,7 @@ def test_failed_post_is_retried_and_url_never_logged(caplog: pytest.LogCaptureFi
 def test_hook_reads_the_run_and_ignores_a_lock_held_elsewhere() -> None:
     responses.post(URL, status=204)
     queries = FakeQueries()
-    queries.lags = [replace(lag, lag_seconds=60.0) for lag in queries.lags]
+    queries.lags = [replace(lag, age_seconds=60.0) for lag in queries.lags]
     hook = alert_hook(AlertNotifier(URL), queries, THRESHOLDS)
     hook(None, LockHeldError("held by another replica"))
     assert len(responses.calls) == 0

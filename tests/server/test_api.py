@@ -149,6 +149,7 @@ def test_metrics_exposition(client: TestClient, auth: dict[str, str]) -> None:
     assert 'ltvsync_last_run_rejections{source="mixpanel",stream="events"} 3' in lines
     assert not any("broken" in line for line in lines)
     assert 'ltvsync_cursor_lag_seconds{connector="zendesk",stream="tickets"} 7200' in lines
+    assert 'ltvsync_stream_sync_age_seconds{connector="salesforce",stream="contacts"} 60' in lines
     assert "ltvsync_cycle_running 0" in lines
     assert "# TYPE ltvsync_runs_total counter" in lines
 

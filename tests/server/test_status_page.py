@@ -35,7 +35,7 @@ pytestmark = pytest.mark.browser
 if not CHROMIUM.exists() and os.environ.get("CI") != "true":
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,8 @@ def test_status_page_asks_for_a_token_and_rejects_a_wrong_one(browser: Browser) 
             page.wait_for_selector("#token-form:not([hidden])")
             page.fill("#token-input", "wrong")
             page.click("#token-form button")
-            page.wait_for_function("document.getElementById('token-message').textContent.includes('refused')")
+            # A locator wait, not wait_for_function: the page's CSP forbids evaluating strings.
+            expect(page.locator("#token-message")).to_contain_text("refused")
             page.fill("#token-input", TOKEN)
             page.click("#token-form button")
             page.wait_for_selector("#chart-ltv[data-rendered=ok]")

@@ -201,6 +201,7 @@ def test_queries_over_the_store_tables(engine: Engine) -> None:
     assert lags["salesforce", "contacts"].lag_basis == "cursor"
     assert lags["zendesk", "tickets"].lag_seconds == pytest.approx(1800.0)
     assert lags["zendesk", "tickets"].lag_basis == "updated_at"
+    assert lags["salesforce", "contacts"].age_seconds == pytest.approx(300.0)
 
     ada = q.customer("  ADA@example.com ")
     assert ada is not None and ada.id == 1 and ada.tags == ("vip", "loyal")
@@ -304,4 +305,7 @@ def test_parse_tags_and_cursor_time() -> None:
     assert cursor_time("2026-12-04T10:00:00Z") == datetime(2026, 12, 4, 10, tzinfo=UTC)
     assert cursor_time("1764842400") == datetime.fromtimestamp(1764842400, UTC)
     assert cursor_time('{"SystemModstamp": "2026-12-04T10:00:00.000+0000", "Id": "003"}') is not None
+    assert cursor_time("2026-12-03T23:59:59+00:00|0038d0000000086AAA") == datetime(
+        2026, 12, 3, 23, 59, 59, tzinfo=UTC
+    )
     assert cursor_time("opaque") is None and cursor_time("") is None and cursor_time("{bad") is None

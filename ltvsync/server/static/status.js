@@ -25,11 +25,15 @@ function readToken() {
 class ApiError extends Error {}
 
 async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + token });
+  const used = token;
+  const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + used });
   const response = await fetch(path, Object.assign({}, options, { headers }));
   if (response.status === 401) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    showTokenForm("The token was refused.");
+    // Only a refusal of the current token counts: late answers to a replaced token are stale.
+    if (used === token) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showTokenForm("The token was refused.");
+    }
     throw new ApiError("unauthorized");
   }
   if (!response.ok) {
@@ -126,6 +130,7 @@ function drawTagCounts(series) {
   clear(legend);
   const days = [...new Set(series.flatMap((s) => s.points.map((p) => p.day)))].sort();
   if (!days.length) return emptyChart(chart, "No tags yet");
+  if (days.length === 1) return drawTagBars(chart, series, days[0]);
   const yMax = Math.max(1, ...series.flatMap((s) => s.points.map((p) => p.count)));
   const plotH = frame(chart, yMax, (v) => Math.round(v));
   const plotW = W - PAD.left - PAD.right;
@@ -148,14 +153,37 @@ function drawTagCounts(series) {
   chart.dataset.rendered = "ok";
 }
 
+function drawTagBars(chart, series, day) {
+  // A single day of counts (a fresh install) reads better as bars than as a column of dots.
+  clear(chart);
+  const rows = series.map((s) => ({ tag: s.tag, count: s.points[s.points.length - 1].count }));
+  const max = Math.max(1, ...rows.map((r) => r.count));
+  const left = 96, rowH = Math.min(24, (H - PAD.top - PAD.bottom) / rows.length);
+  rows.forEach((r, i) => {
+    const y = PAD.top + i * rowH;
+    const width = (r.count / max) * (W - left - PAD.right - 36);
+    svg("text", { x: left - 6, y: y + rowH / 2 + 3, "text-anchor": "end" }, chart, r.tag);
+    const bar = svg("rect", {
+      class: "bar", x: left, y: y + 2, width: Math.max(1, width), height: rowH - 4,
+      fill: PALETTE[i % PALETTE.length], "data-tag": r.tag, "data-count": r.count,
+    }, chart);
+    svg("title", {}, bar, `${r.tag} on ${day}: ${r.count}`);
+    svg("text", { x: left + width + 4, y: y + rowH / 2 + 3 }, chart, r.count);
+  });
+  svg("text", { x: W - PAD.right, y: H - 8, "text-anchor": "end" }, chart, "customers per tag on " + day);
+  chart.dataset.rendered = "ok";
+}
+
 function drawRetention(matrix) {
   const chart = $("chart-retention");
   const rows = matrix.rows || [];
   if (!rows.length) return emptyChart(chart, "No cohorts yet");
   clear(chart);
-  const cols = Math.max(...rows.map((r) => r.retention.length));
-  const left = 56, top = 16;
-  const cw = (W - left - PAD.right) / cols, ch = Math.min(24, (H - top - 8) / rows.length);
+  const cols = Math.max(1, ...rows.map((r) => r.retention.length));
+  const left = 56, top = 16, ch = 14;
+  // Grow the drawing with the number of cohorts instead of squeezing the rows illegibly.
+  chart.setAttribute("viewBox", `0 0 ${W} ${Math.max(H, top + rows.length * ch + 8)}`);
+  const cw = (W - left - PAD.right) / cols;
   for (let k = 0; k < cols; k += Math.max(1, Math.ceil(cols / 12))) {
     svg("text", { x: left + k * cw + cw / 2, y: top - 4, "text-anchor": "middle" }, chart, "M" + k);
   }
@@ -222,7 +250,8 @@ function drawStreams(streams) {
     el("td", {}, tr, s.stream);
     const lag = el("td", { title: "measured from " + s.lag_basis }, tr, fmtSeconds(s.lag_seconds));
     if (s.lag_seconds > LAG_WARN_SECONDS) lag.className = "lag-high";
-    el("td", { class: "muted" }, tr, s.cursor || "—");
+    const cursor = s.cursor || "—";
+    el("td", { class: "muted cursor", title: cursor }, tr, cursor.length > 48 ? cursor.slice(0, 47) + "…" : cursor);
     el("td", {}, tr, fmtTime(s.updated_at));
   }
   if (!streams.length) el("td", { colspan: 5, class: "muted" }, el("tr", {}, body), "No cursors yet");
