@@ -17,7 +17,7 @@ unit (weeks or days); ``alpha`` is expressed in that same unit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -66,17 +66,7 @@ class BgNbdData:
 
     def rescaled(self, scale: float) -> BgNbdData:
         """The same customers with every time multiplied by ``scale``."""
-        return BgNbdData(
-            self.x,
-            self.t_x * scale,
-            self.T * scale,
-            self.weight,
-            self.T0 * scale,
-            self.weight0,
-            self.unique_x,
-            self.weight_per_x,
-            self.n_customers,
-        )
+        return replace(self, t_x=self.t_x * scale, T=self.T * scale, T0=self.T0 * scale)
 
 
 def prepare_bgnbd_data(frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> BgNbdData:

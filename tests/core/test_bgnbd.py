@@ -195,6 +195,7 @@ def test_hypergeometric_series_fallback_agrees_with_scipy() -> None:
         pytest.param(np.zeros(1000), np.zeros(1000), np.full(1000, 30.0), id="one-time-buyers-only"),
         pytest.param(np.full(500, 2.0), np.full(500, 5.0), np.full(500, 10.0), id="identical-histories"),
         pytest.param(np.array([0.0, 1.0, 3.0]), np.array([0.0, 2.0, 9.0]), np.full(3, 10.0), id="three"),
+        pytest.param(np.arange(400.0, 600.0), np.full(200, 52.0), np.full(200, 52.0), id="heavy-buyers-only"),
         pytest.param(np.array([]), np.array([]), np.array([]), id="empty"),
         pytest.param(
             np.array([np.nan, -1.0, 2.0]), np.array([0.0, 0.0, 20.0]), np.full(3, 10.0), id="invalid"
