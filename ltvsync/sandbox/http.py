@@ -211,7 +211,9 @@ class Emulator:
         server.daemon_threads = True
         scheme = "http"
         if tls is not None:
-            server.socket = tls.wrap_socket(server.socket, server_side=True)
+            # Handshake lazily, in the connection's own thread: done in accept() it would let one
+            # silent client (a port probe) stall the whole server.
+            server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
             scheme = "https"
         self._server = server
         self.base_url = f"{scheme}://127.0.0.1:{server.server_address[1]}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import random
+import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -519,3 +521,13 @@ def test_concurrent_pagers_each_get_every_row(sf_emulator: SalesforceEmulator, s
         results = list(pool.map(page_all, range(4)))
     expected = sorted(live_contacts(sf_emulator))
     assert all(ids == expected for ids in results)
+
+
+def test_a_silent_connection_does_not_stall_the_tls_server(
+    sf_emulator: SalesforceEmulator, sf_client: Client
+) -> None:
+    port = int(sf_emulator.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)):  # connects, never says hello
+        started = time.monotonic()
+        assert sf_client().query("SELECT COUNT() FROM Contact")["totalSize"] > 0
+        assert time.monotonic() - started < 2
