@@ -41,7 +41,6 @@ def _free_port() -> int:
 def demo_settings(sandbox: Any, workdir: Path, port: int) -> Settings:
     """Settings pointing at the sandbox, with a store and a fresh API token in ``workdir``."""
     settings: Settings = sandbox.settings(store_url=f"sqlite:///{workdir / 'ltvsync.db'}")
-    settings.salesforce.currency_field = "CurrencyIsoCode"  # the sandbox org is multi-currency
     settings.server.port = port
     settings.server.token = SecretStr(secrets.token_urlsafe(24))
     return settings

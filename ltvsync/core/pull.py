@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 
 from ltvsync.core import models as m
 from ltvsync.core.currency import CurrencyTable
@@ -194,12 +194,30 @@ def write_page(
     changed += store.upsert_many(conn, "event", rows.events, key=("source", "source_id"))
     changed += store.upsert_many(conn, "ticket", rows.tickets, key=("source", "source_id"))
     changed += apply_deletions(conn, rows.deletions)
-    rejections = [*page.rejections, *rows.rejections]
+    rejections = new_rejections(conn, [*page.rejections, *rows.rejections])
     store.quarantine(conn, rejections, run_id=run_id)
     if page.cursor is not None:
         store.set_cursor(conn, connector, stream, page.cursor)
     stored = len(page.records) - len(rows.rejections)
     return stored, changed, len(rejections)
+
+
+def new_rejections(conn: Connection, rejections: Sequence[Rejection]) -> list[Rejection]:
+    """Rejections not already in quarantine: re-reads (inclusive cursors, Mixpanel's lag window,
+    a rerun after a crash) must not quarantine the same payload twice."""
+    if not rejections:
+        return []
+    q = m.TABLES["quarantine"]
+    unique = list({(r.source, r.stream, r.payload): r for r in rejections}.values())
+    seen: set[tuple[str, str, str]] = set()
+    for source, stream in {(r.source, r.stream) for r in unique}:
+        payloads = [r.payload for r in unique if r.source == source and r.stream == stream]
+        for start in range(0, len(payloads), 500):
+            query = select(q.c.payload).where(
+                q.c.source == source, q.c.stream == stream, q.c.payload.in_(payloads[start : start + 500])
+            )
+            seen.update((source, stream, p) for (p,) in conn.execute(query))
+    return [r for r in unique if (r.source, r.stream, r.payload) not in seen]
 
 
 def apply_deletions(conn: Connection, deletions: Sequence[Deletion]) -> int:

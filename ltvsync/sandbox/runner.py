@@ -137,6 +137,8 @@ class Sandbox:
                 "instance_url": self.urls["salesforce"],
                 "session_id": c.salesforce_session_id,
                 "ca_bundle": getattr(self.salesforce, "ca_path", None),
+                # The sandbox org has multi-currency on: each opportunity names its currency.
+                "currency_field": "CurrencyIsoCode",
             }
         if "mixpanel" in self.urls:
             api = self.urls["mixpanel"] + "/api"

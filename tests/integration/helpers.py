@@ -20,7 +20,4 @@ def small_world(n: int = 250, seed: int = 11) -> World:
 
 
 def sandbox_settings(sb: Sandbox, store_url: str) -> Settings:
-    settings = sb.settings(store_url=store_url)
-    # The sandbox org has multi-currency on: read each opportunity's CurrencyIsoCode.
-    settings.salesforce.currency_field = "CurrencyIsoCode"
-    return settings
+    return sb.settings(store_url=store_url)

@@ -180,10 +180,26 @@ def _write_config(sb: Sandbox, url: str, path: Path) -> Path:
 
 
 def _pull_process(config: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LTVSYNC_SALESFORCE__CURRENCY_FIELD": "CurrencyIsoCode"}
+    env = dict(os.environ)
     return subprocess.Popen(
         [sys.executable, "-m", "ltvsync.cli", "sync", "--only", "pull", "--config", str(config), "--json"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def test_re_reading_a_bad_record_does_not_quarantine_it_twice(
+    sandbox: Sandbox, cycle: Cycle, store: Store
+) -> None:
+    assert run_cycle(cycle, trigger="test", options=PULL).status == "ok"
+    q = m.TABLES["quarantine"]
+    with store.engine.connect() as conn:
+        before = conn.execute(select(q.c.payload)).all()
+    assert before
+    # A full refresh re-reads every stream from the start, bad records included.
+    again = run_cycle(cycle, trigger="test", options=CycleOptions(stages=("pull",), full_refresh=True))
+    assert sum(s["rejections"] for s in again.streams) == 0
+    with store.engine.connect() as conn:
+        after = conn.execute(select(q.c.payload)).all()
+    assert sorted(after) == sorted(before)
