@@ -23,14 +23,14 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, delete, insert, select, text
+from sqlalchemy import Connection, delete, insert, select
 
 from ltvsync.config.settings import Settings
 from ltvsync.core.errors import LtvsyncError
 from ltvsync.core.metrics import day_expr
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import as_matrix, bind_time
+from ltvsync.core.tag_features import bind_time, fetch_matrix
 
 Period = Literal["month", "week"]
 PERIODS: tuple[Period, ...] = ("month", "week")
@@ -119,44 +119,43 @@ class CohortFacts:
 def read_cohort_facts(conn: Connection, dialect: str, as_of: datetime) -> CohortFacts:
     """One pass over events and purchases, in whole UTC days, for any period kind."""
     as_of_day = as_of.astimezone(UTC).timestamp() / SECONDS_PER_DAY
-    rows = conn.execute(
-        text(
-            "SELECT customer_id, days_since_start, ltv_simple, ltv_predicted "
-            "FROM customer_metrics ORDER BY customer_id"
-        )
-    ).all()
-    data = as_matrix(rows, 4)
+    data = fetch_matrix(
+        conn,
+        "SELECT customer_id, days_since_start, ltv_simple, ltv_predicted FROM customer_metrics "
+        "ORDER BY customer_id",
+        {},
+        4,
+    )
     ids = data[:, 0].astype(np.int64)
     start = as_of_day - np.nan_to_num(data[:, 1], nan=0.0)
     ev_day, pu_day = day_expr(dialect, "e.occurred_at"), day_expr(dialect, "p.purchased_at")
     params = {"as_of": bind_time(as_of, dialect)}
-    active = conn.execute(
-        text(
-            f"SELECT e.customer_id, {ev_day} FROM event e "
-            "WHERE e.customer_id IS NOT NULL AND e.kind <> 'signup' AND e.occurred_at < :as_of "
-            f"UNION SELECT p.customer_id, {pu_day} FROM purchase p "
-            "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of"
-        ),
+    active = fetch_matrix(
+        conn,
+        f"SELECT e.customer_id, {ev_day} FROM event e "
+        "WHERE e.customer_id IS NOT NULL AND e.kind <> 'signup' AND e.occurred_at < :as_of "
+        f"UNION SELECT p.customer_id, {pu_day} FROM purchase p "
+        "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of",
         params,
-    ).all()
-    spend = conn.execute(
-        text(
-            f"SELECT p.customer_id, {pu_day}, CAST(SUM(p.amount_base) AS FLOAT) FROM purchase p "
-            "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of "
-            f"GROUP BY p.customer_id, {pu_day}"
-        ),
+        2,
+    )
+    spend = fetch_matrix(
+        conn,
+        f"SELECT p.customer_id, {pu_day}, CAST(SUM(p.amount_base) AS FLOAT) FROM purchase p "
+        "WHERE p.customer_id IS NOT NULL AND NOT p.deleted AND p.purchased_at < :as_of "
+        f"GROUP BY p.customer_id, {pu_day}",
         params,
-    ).all()
+        3,
+    )
     a_pos, a_day, _ = _align(ids, active, 2)
     s_pos, s_day, s_val = _align(ids, spend, 3)
     return CohortFacts(as_of, ids, start, data[:, 2], data[:, 3], a_pos, a_day, s_pos, s_day, s_val)
 
 
-def _align(ids: IntArray, rows: Sequence[Any], width: int) -> tuple[IntArray, IntArray, FloatArray]:
+def _align(ids: IntArray, arr: FloatArray, width: int) -> tuple[IntArray, IntArray, FloatArray]:
     """(customer position, day, value) for rows of customers in ``ids``."""
-    if not rows or not len(ids):
+    if not len(arr) or not len(ids):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
-    arr = as_matrix(rows, width)
     got = arr[:, 0].astype(np.int64)
     pos = np.minimum(np.searchsorted(ids, got), len(ids) - 1)
     ok = ids[pos] == got
