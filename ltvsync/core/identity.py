@@ -98,7 +98,8 @@ class _Plan:
     new_customers: dict[str, str | None] = field(default_factory=dict)  # email -> name
     merges: list[tuple[int, int, str]] = field(default_factory=list)  # kept, merged, reason
     emails_to_set: dict[int, str] = field(default_factory=dict)
-    links: list[tuple[str, str, int | None, str | None]] = field(default_factory=list)
+    # (source, source_id, customer id or None, email of a customer to create or None, old customer id)
+    links: list[tuple[str, str, int | None, str | None, int | None]] = field(default_factory=list)
     unlinked: int = 0
 
 
@@ -205,9 +206,9 @@ def _plan_part(part: _Part, plan: _Plan, live_emails: dict[int, str | None]) -> 
         if target is None:
             plan.unlinked += 1
         if isinstance(target, str):
-            plan.links.append((i.source, i.source_id, None, target))
+            plan.links.append((i.source, i.source_id, None, target, i.customer_id))
         elif target != i.customer_id:
-            plan.links.append((i.source, i.source_id, target, None))
+            plan.links.append((i.source, i.source_id, target, None, i.customer_id))
 
 
 def _create_customers(conn: Connection, new: dict[str, str | None], now: datetime) -> dict[str, int]:
@@ -228,8 +229,8 @@ def _create_customers(conn: Connection, new: dict[str, str | None], now: datetim
 
 def _apply_links(conn: Connection, plan: _Plan, new_ids: dict[str, int]) -> list[dict[str, Any]]:
     links = [
-        {"s": source, "sid": source_id, "c": new_ids[email] if email is not None else customer_id}
-        for source, source_id, customer_id, email in plan.links
+        {"s": source, "sid": source_id, "c": new_ids[email] if email is not None else customer_id, "old": old}
+        for source, source_id, customer_id, email, old in plan.links
     ]
     if links:
         identity = TABLES["identity"]
@@ -270,26 +271,29 @@ def _apply_merges(conn: Connection, merges: Sequence[tuple[int, int, str]], now:
 
 
 def _link_facts(conn: Connection, links: list[dict[str, Any]], merges: Sequence[tuple[int, int, str]]) -> int:
+    """Point facts at their customers; returns the number of fact rows that changed owner."""
     identity, customer = TABLES["identity"], TABLES["customer"]
+    # Facts of identities that were linked before and moved (new links are the NULL case below).
+    moved = [{"s": x["s"], "sid": x["sid"], "c": x["c"]} for x in links if x["old"] is not None]
+    absorbed = [{"kept": kept, "merged": merged} for kept, merged, _ in merges]
     total = 0
     for name in FACT_TABLES:
         fact = TABLES[name]
-        if links:  # facts of identities that moved
+        if moved:
             stmt = (
                 update(fact)
                 .where(fact.c.source == bindparam("s"), fact.c.customer_source_id == bindparam("sid"))
                 .values(customer_id=bindparam("c"))
             )
-            conn.execute(stmt, links)
-        if merges:
-            moved = [{"kept": kept, "merged": merged} for kept, merged, _ in merges]
+            total += max(conn.execute(stmt, moved).rowcount, 0)
+        if absorbed:
             stmt = (
                 update(fact)
                 .where(fact.c.customer_id == bindparam("merged"))
                 .values(customer_id=bindparam("kept"))
             )
-            conn.execute(stmt, moved)
-        # New facts: set-based, from the identity their source names.
+            total += max(conn.execute(stmt, absorbed).rowcount, 0)
+        # Unlinked facts: set-based, from the identity their source names.
         owner = (
             select(identity.c.customer_id)
             .where(identity.c.source == fact.c.source, identity.c.source_id == fact.c.customer_source_id)
