@@ -14,6 +14,7 @@ tutorial (select, func, group_by) and the SQLite ``strftime`` / PostgreSQL ``to_
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -40,6 +41,7 @@ from ltvsync.core.status_values import (
 MAX_COHORTS = 24
 TAG_COUNT_TABLE = "tag_count_snapshot"
 COHORT_TABLE = "cohort_snapshot"
+_MONTH_KEY = re.compile(r"\d{4}-\d{2}")
 
 
 class SqlStatusQueries:
@@ -171,7 +173,9 @@ class SqlStatusQueries:
         ltv: dict[str, float | None] = {}
         with self._engine.connect() as conn:
             for key, size in conn.execute(select(cohort, func.count()).where(live).group_by(cohort)):
-                sizes[str(key)] = int(size)
+                # A start SQLite could not read as a date buckets as NULL: left out, never a crash.
+                if key is not None and _MONTH_KEY.fullmatch(str(key)):
+                    sizes[str(key)] = int(size)
             if self._has(purchase.name):
                 month = self._month(purchase.c.purchased_at).label("month")
                 joined = customer.join(purchase, purchase.c.customer_id == customer.c.id)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, insert, text
@@ -44,7 +45,7 @@ def _pg_engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[Engine]:
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         eng = create_engine(f"sqlite:///{tmp_path}/status.db")
         yield eng
@@ -230,6 +231,18 @@ def test_queries_over_the_store_tables(engine: Engine) -> None:
     assert october.avg_ltv == pytest.approx((500.0 + 100.0 + 300.0) / 3)
     assert october.revenue_per_customer == pytest.approx((100 + 50 + 30 + 20 + 40 + 60) / 4)
     assert cohorts["2026-11"].retention == pytest.approx((0.5, 0.0))
+
+
+def test_unreadable_start_dates_are_left_out_of_cohorts(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'bad.db'}")
+    _schema(engine)
+    _seed(engine)
+    with engine.begin() as conn:
+        # Written around the UtcDateTime type, as a hand edit or a foreign tool might.
+        conn.execute(text("UPDATE customer SET customer_since = 'not a date' WHERE id = 6"))
+    rows = {r.cohort: r.size for r in SqlStatusQueries(engine, clock=lambda: NOW).cohorts().rows}
+    assert rows == {"2026-10": 4, "2026-11": 1}
+    engine.dispose()
 
 
 def test_missing_tables_give_empty_answers(engine: Engine) -> None:
