@@ -180,8 +180,6 @@ class SalesforceStore:
             record_id = self.new_id(plan.obj)
             record: dict[str, Any] = {s.name: None for s in self.specs[plan.obj].values()}
             record.update(Id=record_id, CreatedDate=stamp, IsDeleted=False)
-            if plan.obj == "Opportunity":
-                record.update(IsWon=False, IsClosed=False)
             records[record_id] = record
         else:
             assert plan.record_id is not None
@@ -192,6 +190,11 @@ class SalesforceStore:
         record.update(plan.fields)
         if plan.obj == "Contact" and ({"FirstName", "LastName"} & plan.fields.keys() or plan.op == "create"):
             record["Name"] = " ".join(p for p in (record.get("FirstName"), record.get("LastName")) if p)
+        if plan.obj == "Opportunity" and ("StageName" in plan.fields or plan.op == "create"):
+            # Formula-like flags the platform derives from the stage (standard stage names).
+            stage = str(record.get("StageName") or "")
+            record["IsWon"] = stage == "Closed Won"
+            record["IsClosed"] = stage.startswith("Closed")
         record["LastModifiedDate"] = stamp
         record["SystemModstamp"] = stamp
         self.last_writer[record_id] = writer

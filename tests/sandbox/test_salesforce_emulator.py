@@ -531,3 +531,40 @@ def test_a_silent_connection_does_not_stall_the_tls_server(
         started = time.monotonic()
         assert sf_client().query("SELECT COUNT() FROM Contact")["totalSize"] > 0
         assert time.monotonic() - started < 2
+
+
+def test_opportunity_flags_follow_the_stage(sf_emulator: SalesforceEmulator, sf_client: Client) -> None:
+    body = {
+        "allOrNone": False,
+        "records": [
+            {
+                "attributes": {"type": "Opportunity"},
+                "Name": "New",
+                "StageName": "Prospecting",
+                "CloseDate": "2025-01-31",
+            },
+            {
+                "attributes": {"type": "Opportunity"},
+                "Name": "Bad date",
+                "StageName": "Closed Won",
+                "CloseDate": "31/01",
+            },
+        ],
+    }
+    created, bad = sf_client().restful("composite/sobjects", method="POST", json=body)
+    assert bad["errors"][0]["statusCode"] == "INVALID_TYPE_ON_FIELD_IN_RECORD"
+    assert (
+        sf_emulator.record("Opportunity", created["id"])["IsWon"],
+        sf_emulator.record("Opportunity", created["id"])["IsClosed"],
+    ) == (False, False)
+    sf_client().restful(
+        "composite/sobjects",
+        method="PATCH",
+        json={
+            "records": [
+                {"attributes": {"type": "Opportunity"}, "id": created["id"], "StageName": "Closed Won"}
+            ]
+        },
+    )
+    record = sf_emulator.record("Opportunity", created["id"])
+    assert (record["IsWon"], record["IsClosed"]) == (True, True)
