@@ -108,7 +108,7 @@ def test_two_customers_merge_when_an_email_change_reveals_one_person(store: Stor
         purchase=[purchase("salesforce", "006A", "003A")],
         event=[event("ins-1", "mp-ada")],
     )
-    assert (first.customers_created, first.merges) == (2, 0)
+    assert (first.customers_created, first.merges, first.facts_linked) == (2, 0, 2)
     before = links(store)
     sf_customer, mp_customer = before[("salesforce", "003A")], before[("mixpanel", "mp-ada")]
     assert sf_customer is not None and mp_customer is not None and sf_customer != mp_customer
@@ -116,6 +116,7 @@ def test_two_customers_merge_when_an_email_change_reveals_one_person(store: Stor
     # Run 2: Mixpanel's profile now carries the work email (different case and spacing).
     second = resolve(store, identity=[identity("mixpanel", "mp-ada", " ADA@work.example.com", "ada", days=1)])
     assert second.merges == 1 and second.customers_created == 0
+    assert second.facts_linked == 1  # Mixpanel's event moves with its identity; the purchase stays
     kept, merged = min(sf_customer, mp_customer), max(sf_customer, mp_customer)
     assert second.merged_pairs == ((kept, merged),)
     assert links(store) == {("salesforce", "003A"): kept, ("mixpanel", "mp-ada"): kept}
