@@ -8,11 +8,14 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import select
+from sqlmodel import SQLModel
 
 from ltvsync.config.settings import Settings, TagCondition, TagRule, TagSettings
 from ltvsync.core.models import TABLES
-from ltvsync.core.models_tags import TAG_TABLES
+from ltvsync.core.models_tags import TAG_TABLE_NAMES, TAG_TABLES
 from ltvsync.core.store import Store
 from ltvsync.core.tag_features import METRIC_COLUMNS, Features
 from ltvsync.core.tag_rules import default_rules, rules_from_settings
@@ -409,3 +412,14 @@ def test_early_vanish_share_per_start_month(store: Store) -> None:
     w.save()
     churn = run_tags(store, Settings())["churn"]
     assert churn["early_vanish"] == {"2026-03": {"eligible": 3, "vanished": 2, "share": round(2 / 3, 4)}}
+
+
+def test_migration_0002_matches_the_tag_models(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diffs = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
+        )
+    flat = [d for item in diffs for d in (item if isinstance(item, list) else [item])]
+    mine = [d for d in flat if any(name in repr(d) for name in TAG_TABLE_NAMES)]
+    assert mine == []
+    assert store.current_revision() == "0002"
