@@ -146,10 +146,12 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     daemon.start()
-    log.info("ltvsync daemon listening on %s:%s (store %s)", config.host, config.port, store.url)
+    log.info("ltvsync daemon starting: API on %s:%s, store %s", config.host, config.port, store.url)
     try:
         http.run()
     finally:
+        if not http.started:
+            log.error("the HTTP server did not start (see the error above); stopping the scheduler")
         stop.set()
         finished = daemon.shutdown(SHUTDOWN_TIMEOUT_SECONDS)
         store.close()
