@@ -9,6 +9,12 @@ Per-stream and per-connector figures come from the last finished run's ``report`
 stores it (``SyncReport.as_dict()``): ``streams`` is a list of ``{source, stream, records,
 rejections, api_calls, ...}`` and ``destinations`` a list of ``{destination, api_calls, ...}``.
 Entries that do not have that shape are skipped, never fatal.
+
+The endpoint needs the API token; a Prometheus scrape job passes it as a bearer credential::
+
+    - job_name: ltvsync
+      authorization: {type: Bearer, credentials_file: /etc/prometheus/ltvsync.token}
+      static_configs: [{targets: ["127.0.0.1:8765"]}]
 """
 
 from __future__ import annotations
