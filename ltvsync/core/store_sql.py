@@ -27,12 +27,14 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table
+from sqlalchemy import Connection, Dialect, String, Table
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 # Bound-parameter ceilings per statement.
 POSTGRES_MAX_PARAMS = 65_535
 SQLITE_OLD_MAX_PARAMS = 999  # builds before 3.32 (later builds report their own limit, 32766 by default)
 ROW_VERSION = "row_version"
+NUL_REPLACEMENT = "\ufffd"
 
 BindProcessor = Callable[[Any], Any] | None
 
@@ -127,7 +129,24 @@ def execute_plan(conn: Connection, plan: UpsertPlan, rows: Sequence[Mapping[str,
 
 def _processor(table: Table, column: str, dialect: Dialect) -> BindProcessor:
     col_type = table.c[column].type
-    return col_type.dialect_impl(dialect).bind_processor(dialect)
+    processor = col_type.dialect_impl(dialect).bind_processor(dialect)
+    if processor is None and _is_text(col_type):
+        return _without_nul
+    return processor
+
+
+def _is_text(col_type: TypeEngine[Any]) -> bool:
+    # SQLModel's str columns are AutoString, a TypeDecorator over String.
+    impl = col_type.impl_instance if isinstance(col_type, TypeDecorator) else col_type
+    return isinstance(impl, String)
+
+
+def _without_nul(value: Any) -> Any:
+    """Postgres text cannot hold NUL; one stray byte from a source must not fail a whole page.
+
+    Replaced on both stores (with U+FFFD) so SQLite and Postgres hold the same data.
+    """
+    return value.replace("\x00", NUL_REPLACEMENT) if isinstance(value, str) and "\x00" in value else value
 
 
 def _max_params(conn: Connection) -> int:

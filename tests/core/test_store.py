@@ -96,6 +96,17 @@ def test_upsert_null_changes_count_and_duplicates_collapse(store: Store) -> None
         assert store.upsert_many(conn, "event", reordered, EVENT_KEY) == 0
 
 
+def test_upsert_keeps_rows_with_nul_bytes(store: Store) -> None:
+    # Postgres text cannot hold NUL; the row must still land (on both stores, identically).
+    row = {**events(1)[0], "name": "Log\x00in", "properties": {"k": "v\x00"}}
+    with store.transaction() as conn:
+        assert store.upsert_many(conn, "event", [row], EVENT_KEY) == 1
+        assert store.upsert_many(conn, "event", [row], EVENT_KEY) == 0
+        stored = conn.execute(select(TABLES["event"])).one()
+    assert stored.name == "Log\ufffdin"
+    assert stored.properties == {"k": "v\x00"}  # JSON text escapes it, so it survives verbatim
+
+
 def test_upsert_round_trips_types_as_utc(store: Store) -> None:
     paris = timezone(timedelta(hours=2))
     row = {
