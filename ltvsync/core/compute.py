@@ -20,7 +20,16 @@ from sqlalchemy import Connection, delete, select
 
 from ltvsync.config.settings import LtvSettings
 from ltvsync.core import models as m
-from ltvsync.core.ltv import BgNbdModel, GammaGammaModel, ModelFit, PriorParams, clv, fit_models, simple_ltv
+from ltvsync.core.ltv import (
+    UNITS_PER_MONTH,
+    BgNbdModel,
+    GammaGammaModel,
+    ModelFit,
+    PriorParams,
+    clv,
+    fit_models,
+    simple_ltv,
+)
 from ltvsync.core.metrics import FloatArray, population, purchase_facts
 from ltvsync.core.rfm import RfmSummary
 from ltvsync.core.store import Store
@@ -185,7 +194,7 @@ def compute_ltv(
         report.fit_seconds = time.monotonic() - fit_started
         _describe_fit(report, fit)
         if fit.usable and fit.bgnbd is not None and fit.gamma_gamma is not None:
-            horizon_units = settings.horizon_months * (52.0 / 12.0 if settings.time_unit == "week" else 30.0)
+            horizon_units = settings.horizon_months * UNITS_PER_MONTH[settings.time_unit]
             value = clv(
                 fit.bgnbd,
                 fit.gamma_gamma,
