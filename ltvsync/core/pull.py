@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, select, update
@@ -327,10 +326,3 @@ def pull_source(
         if rep.status == "budget":
             break
     return reports
-
-
-def decimal_or_none(value: object) -> Decimal | None:
-    try:
-        return Decimal(str(value)) if value is not None else None
-    except ArithmeticError:
-        return None
