@@ -6,6 +6,17 @@ Postgres, under its advisory lock).  The ``alembic`` CLI also works with ``-x ur
 Relies on: Alembic "Cookbook: Sharing a Connection across one or more programmatic migration
 commands" and "Running Batch Migrations for SQLite" (``render_as_batch``: SQLite cannot ALTER
 most things, so later migrations that change columns must use ``op.batch_alter_table``).
+
+There is no alembic.ini; to draft the next revision against a database at the current head::
+
+    from alembic import command
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", "ltvsync/core/migrations")
+    cfg.set_main_option("sqlalchemy.url", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    command.revision(cfg, "what it adds", autogenerate=True, rev_id="0003")
+
+then make the file self-contained (plain ``sa.`` types, as 0001 does) before committing.
 """
 
 from __future__ import annotations
