@@ -196,8 +196,9 @@ def plan_push(
         previous = dict(prev.values) if prev is not None and prev.values and prev.values_hash else None
         values = dict(want.values)
         edited = edited_fields(previous, want.remote)
-        if edited and edit_policy != "overwrite":
+        if edited:  # reported under every policy, so people's edits never vanish silently
             report.edits.append({"customer": want.label, "fields": edited, "policy": edit_policy})
+        if edited and edit_policy != "overwrite":
             if edit_policy == "skip":
                 report.skipped_edits += 1
                 continue
