@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from ltvsync.assemble import build_cycle
 from ltvsync.cli import app
-from ltvsync.commands import data_cmd
+from ltvsync.commands import common
 from ltvsync.config.settings import Settings, StoreSettings
 from ltvsync.core.pipeline import CycleOptions, run_cycle
 from ltvsync.core.store import Store
@@ -33,7 +33,7 @@ def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     # Wide enough that Rich does not truncate the cells the tests look for.
-    monkeypatch.setattr(data_cmd.console, "width", 240)
+    monkeypatch.setattr(common.console, "width", 240)
 
 
 @pytest.fixture

@@ -33,10 +33,13 @@ from ltvsync.core.store import Store
 AS_OF = datetime(2026, 6, 17, 9, 30, tzinfo=UTC)
 
 
-def _world(store: Store, seed: int = 11, n: int = 120) -> dict[str, Any]:
+def _world(store: Store, seed: int = 11, n: int = 120) -> dict[int, dict[str, Any]]:
     """Random customers, purchases and events; returns the raw facts for the independent check."""
     rng = random.Random(seed)
-    customers, metrics, purchases, events = [], [], [], []
+    customers: list[dict[str, Any]] = []
+    metrics: list[dict[str, Any]] = []
+    purchases: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     facts: dict[int, dict[str, Any]] = {}
     for cid in range(1, n + 1):
         start = AS_OF - timedelta(days=rng.uniform(0, 400))
@@ -121,7 +124,7 @@ def _expected_months(facts: dict[int, dict[str, Any]]) -> dict[str, dict[str, An
     out = {}
     for c, cids in sorted(members.items()):
         periods = now - c + 1
-        active = [set() for _ in range(periods)]
+        active: list[set[int]] = [set() for _ in range(periods)]
         spend = [0.0] * periods
         for cid in cids:
             for at, kind, amount in facts[cid]["acts"]:

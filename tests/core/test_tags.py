@@ -57,7 +57,7 @@ def features(n: int, **columns: Any) -> Features:
 
 def masks_for(tag: str, f: Features, tags: TagSettings | None = None) -> list[bool]:
     rules = default_rules(tags or TagSettings())
-    return tag_masks(f, rules, AS_OF)[tag].tolist()
+    return [bool(v) for v in tag_masks(f, rules, AS_OF)[tag]]
 
 
 def test_high_value_top_decile_or_frequent_referrer() -> None:
@@ -172,7 +172,8 @@ class World:
                 "updated_at": AS_OF,
             }
         )
-        row = {c: None for c in METRIC_COLUMNS} | {"orders": 0, "revenue": 0.0, "days_since_start": 200.0}
+        row: dict[str, Any] = {c: None for c in METRIC_COLUMNS}
+        row |= {"orders": 0, "revenue": 0.0, "days_since_start": 200.0}
         row |= {"customer_id": cid, "as_of": AS_OF, "model_version": "bgnbd-gg:test", "p_alive": 0.9}
         row |= {"ltv_simple": 10.0, "ltv_predicted": None}
         row.update(metrics)
@@ -254,7 +255,7 @@ def run_tags(store: Store, settings: Settings, as_of: datetime = AS_OF) -> dict[
 def stored_tags(store: Store) -> dict[int, str | None]:
     t = TABLES["customer_metrics"]
     with store.engine.connect() as conn:
-        return dict(conn.execute(select(t.c.customer_id, t.c.tags)).all())  # type: ignore[arg-type]
+        return {int(r.customer_id): r.tags for r in conn.execute(select(t.c.customer_id, t.c.tags))}
 
 
 def history(store: Store) -> list[tuple[int, str, str]]:
