@@ -26,7 +26,7 @@ from sqlalchemy import Connection, delete, select
 from ltvsync.config.settings import Settings
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import Features, FloatArray, bind_time, read_features
+from ltvsync.core.tag_features import Features, FloatArray, bind_time, fetch_rows, read_features
 from ltvsync.core.tag_rules import Condition, Rule, rules_from_settings
 
 BoolArray = NDArray[np.bool_]
@@ -208,9 +208,8 @@ def tags_hook(store: Store, conn: Connection, settings: Settings, as_of: datetim
 
 
 def _membership(conn: Connection) -> dict[str, NDArray[np.int64]]:
-    t = TAG_TABLES["tag_membership"]
     by_tag: dict[str, list[int]] = {}
-    for cid, tag in conn.execute(select(t.c.customer_id, t.c.tag)):
+    for cid, tag in fetch_rows(conn, "SELECT customer_id, tag FROM tag_membership", {}):
         by_tag.setdefault(tag, []).append(cid)
     return {tag: np.unique(np.asarray(ids, dtype=np.int64)) for tag, ids in by_tag.items()}
 
