@@ -220,3 +220,14 @@ def test_push_killed_midway_then_rerun_ends_correct_without_resending(tmp_path: 
         assert rows == total_customers
         emails = {r["fields"]["Email"] for r in records}
         assert len(emails) == total_customers
+
+
+def test_a_push_above_the_bulk_threshold_is_one_bulk_job(sandbox: Sandbox, cycle: Cycle) -> None:
+    cycle.settings.salesforce.bulk_push_threshold = 50
+    report = run_cycle(cycle, trigger="test")
+    sf = dest(report, "salesforce")
+    assert sf["ok"] == sf["customers"] > 50
+    assert sandbox.salesforce.count("bulk_ingest_create") == 1
+    assert sandbox.salesforce.count("collections_update") == 0
+    written = {rid for _o, rid, _f in sandbox.salesforce.writes}
+    assert len(written) == sf["planned"]
