@@ -42,7 +42,16 @@ def make_push_item(
     return PushItem(customer_id, target, dict(values), dict(previous) if previous is not None else None)
 
 
-def build_sources(settings: Settings, retry: RetryPolicy | None = None) -> list[SourceLike]:
+def salesforce_client(settings: Settings, retry: RetryPolicy | None = None) -> Any:
+    """One Salesforce client for the source and the destination: one login, one API budget view."""
+    from ltvsync.connectors.salesforce_client import SalesforceClient
+
+    return SalesforceClient(settings.salesforce, retry=retry)
+
+
+def build_sources(
+    settings: Settings, retry: RetryPolicy | None = None, *, sf_client: Any = None
+) -> list[SourceLike]:
     from ltvsync.connectors.mixpanel import MixpanelSource
     from ltvsync.connectors.salesforce import SalesforceSource
     from ltvsync.connectors.zendesk import ZendeskSource
@@ -58,6 +67,7 @@ def build_sources(settings: Settings, retry: RetryPolicy | None = None) -> list[
                 base_currency=settings.ltv.base_currency,
                 known_currencies=currencies,
                 retry=retry,
+                client=sf_client,
             )
         )
     if settings.mixpanel.enabled:
@@ -74,14 +84,16 @@ def build_sources(settings: Settings, retry: RetryPolicy | None = None) -> list[
     return sources
 
 
-def build_targets(settings: Settings, retry: RetryPolicy | None = None) -> list[PushTarget]:
+def build_targets(
+    settings: Settings, retry: RetryPolicy | None = None, *, sf_client: Any = None
+) -> list[PushTarget]:
     from ltvsync.connectors.airtable import AirtableDestination
     from ltvsync.connectors.salesforce_push import SalesforceDestination
 
     targets: list[PushTarget] = []
     sf = settings.salesforce
     if sf.enabled and sf.push_enabled:
-        dest = SalesforceDestination(sf, retry=retry)
+        dest = SalesforceDestination(sf, retry=retry, client=sf_client)
         fields = dict(sf.push_fields)
         targets.append(
             PushTarget(
@@ -132,14 +144,15 @@ def build_cycle(
 ) -> Cycle:
     """Everything one cycle needs, from configuration."""
     store = store or open_store(settings)
+    sf_client = salesforce_client(settings, retry) if settings.salesforce.enabled else None
     extra: dict[str, Any] = {}
     if clock is not None:
         extra["clock"] = clock
     return Cycle(
         settings=settings,
         store=store,
-        sources=build_sources(settings, retry) if with_sources else [],
-        targets=build_targets(settings, retry) if with_targets else [],
+        sources=build_sources(settings, retry, sf_client=sf_client) if with_sources else [],
+        targets=build_targets(settings, retry, sf_client=sf_client) if with_targets else [],
         compute_hooks=compute_hooks(),
         secrets=[s for s in secret_values(settings) if s],
         **extra,
