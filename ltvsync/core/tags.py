@@ -274,20 +274,29 @@ def _executemany(conn: Connection, sql: str, rows: Sequence[tuple[Any, ...]]) ->
 
 def tag_strings(ids: NDArray[np.int64], masks: Mapping[str, BoolArray]) -> list[str | None]:
     """``customer_metrics.tags`` per customer: names sorted, ';'-separated, None for no tag."""
-    parts: list[list[str]] = [[] for _ in range(len(ids))]
-    for tag in sorted(masks):
-        for i in np.flatnonzero(masks[tag]).tolist():
-            parts[i].append(tag)
-    return [TAG_SEPARATOR.join(p) if p else None for p in parts]
+    return list(_tag_string_array(len(ids), masks))
+
+
+def _tag_string_array(n: int, masks: Mapping[str, BoolArray]) -> NDArray[np.object_]:
+    # Each customer's tag set as a bit pattern; only the few distinct patterns become strings.
+    names = sorted(masks)
+    codes = np.zeros(n, dtype=object if len(names) > 62 else np.int64)
+    for bit, name in enumerate(names):
+        codes = codes + masks[name].astype(np.int64) * (1 << bit)
+    patterns, inverse = np.unique(codes, return_inverse=True)
+    texts = np.empty(len(patterns), dtype=object)
+    for j, code in enumerate(patterns.tolist()):
+        held = [name for bit, name in enumerate(names) if int(code) >> bit & 1]
+        texts[j] = TAG_SEPARATOR.join(held) if held else None
+    return texts[inverse] if n else np.empty(0, dtype=object)
 
 
 def _write_tag_strings(conn: Connection, features: Features, masks: Mapping[str, BoolArray]) -> None:
-    new = tag_strings(features.customer_id, masks)
-    changed = [
-        (tags, cid)
-        for cid, tags, old in zip(features.customer_id.tolist(), new, features.stored_tags, strict=True)
-        if tags != (old or None)
-    ]
+    new = _tag_string_array(len(features), masks)
+    old = np.array([t or None for t in features.stored_tags], dtype=object)
+    differ = np.flatnonzero(new != old) if len(new) else np.zeros(0, dtype=np.int64)
+    ids = features.customer_id
+    changed = [(new[i], int(ids[i])) for i in differ.tolist()]
     _executemany(conn, "UPDATE customer_metrics SET tags = ? WHERE customer_id = ?", changed)
 
 
