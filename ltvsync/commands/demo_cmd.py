@@ -139,7 +139,7 @@ def _trigger_and_report(url: str, token: str, settings: Settings) -> None:
         time.sleep(1.0)
     report = run.get("report") or {}
     print_summary(report, ltv_deciles(settings))
-    console.print(f"\n[bold green]Status page:[/] {url}/?token={token}")
+    console.print(f"\n[bold green]Status page:[/] {url}/#token={token}")
     console.print("Serving until Ctrl-C.")
 
 

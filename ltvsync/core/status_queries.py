@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, MetaData, Table, and_, func, inspect, select
 from sqlalchemy.engine import Engine, RowMapping
 
+from ltvsync.core.compute import MODEL_STATE
 from ltvsync.core.models import TABLES
 from ltvsync.core.status_values import (
     DEFAULT_HISTOGRAM_BINS,
@@ -82,8 +83,11 @@ class SqlStatusQueries:
         if not self._has(state.name):
             return []
         now = self._clock()
-        query = select(state.c.connector, state.c.stream, state.c.cursor, state.c.updated_at).order_by(
-            state.c.connector, state.c.stream
+        query = (
+            select(state.c.connector, state.c.stream, state.c.cursor, state.c.updated_at)
+            # The compute stage keeps its fitted model in the same table; it is not a stream.
+            .where(state.c.connector != MODEL_STATE[0])
+            .order_by(state.c.connector, state.c.stream)
         )
         with self._engine.connect() as conn:
             rows = conn.execute(query).all()
