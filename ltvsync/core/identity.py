@@ -14,6 +14,7 @@ The rule (deliberately simple and explainable):
 * A part with an email but no customer gets a new customer.  An identity that loses its email
   keeps its customer (a record with no email but a known identity joins its customer).  An
   identity with neither email nor link stays unlinked (``customer_id`` NULL), never dropped.
+* An identity its source deleted keeps its link but its email no longer links or merges anything.
 * Facts (purchases, events, tickets) take the customer of the identity ``(source,
   customer_source_id)`` names; a purchase with no such identity falls back to its
   ``customer_email``.  Facts of merged customers move to the kept customer.
@@ -115,6 +116,7 @@ def resolve_identities(store: Store, conn: Connection) -> IdentityReport:
             identity.c.email,
             identity.c.name,
             identity.c.created_at,
+            identity.c.deleted,
         )
     ).all()
     plan = _plan(customers, identities)
@@ -163,7 +165,8 @@ def _plan(customers: Sequence[Any], identities: Sequence[Any]) -> _Plan:
         uf.find(node)
         if i.customer_id is not None:
             uf.union(node, ("c", str(live(i.customer_id))))
-        email = normalize_email(i.email)
+        # A record the source deleted keeps its link but no longer vouches for an email.
+        email = None if i.deleted else normalize_email(i.email)
         if email:
             uf.union(node, ("e", email))
 

@@ -242,3 +242,19 @@ def test_chain_of_three_merges_into_the_oldest_and_old_emails_still_find_it(stor
     assert later.customers_created == 0
     assert links(store)[("stripe", "cus_1")] == oldest
     assert [c.id for c in live_customers(store)] == [oldest]
+
+
+def test_deleted_identity_keeps_its_link_but_its_email_merges_nothing(store: Store) -> None:
+    resolve(
+        store,
+        identity=[
+            identity("salesforce", "003L", "lin@example.com"),
+            identity("zendesk", "zd-l", "lin.old@example.com", days=1),
+        ],
+    )
+    before = links(store)
+    gone = {**identity("zendesk", "zd-l", "lin@example.com", days=1), "deleted": True}
+    report = resolve(store, identity=[gone])
+    assert report.merges == 0
+    assert links(store) == before
+    assert len(live_customers(store)) == 2
