@@ -30,7 +30,7 @@ from ltvsync.core.errors import LtvsyncError
 from ltvsync.core.metrics import day_expr
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import bind_time, fetch_matrix
+from ltvsync.core.tag_features import bind_time, dense_unique, fetch_matrix
 
 Period = Literal["month", "week"]
 PERIODS: tuple[Period, ...] = ("month", "week")
@@ -172,7 +172,8 @@ def cohort_data(facts: CohortFacts, period: Period) -> CohortData:
     keep = k >= 0
     # Several active days fall in one period: count each customer once per period.
     n_periods = int(k.max()) + 1 if len(k) else 1
-    pairs = np.unique(facts.active_pos[keep] * n_periods + k[keep])
+    pairs = np.sort(facts.active_pos[keep] * n_periods + k[keep])
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
     spend_k = period_of_days(facts.spend_day.astype(np.float64), period) - cohort[facts.spend_pos]
     return CohortData(
         period,
@@ -200,7 +201,7 @@ def cohort_table(data: CohortData) -> list[CohortRow]:
     """One row per cohort, oldest first."""
     if not len(data.customer_id):
         return []
-    cohorts, ci = np.unique(data.cohort, return_inverse=True)
+    cohorts, ci = dense_unique(data.cohort)
     n = len(cohorts)
     width = int(data.current - cohorts.min()) + 1
     size = np.bincount(ci, minlength=n).astype(np.float64)

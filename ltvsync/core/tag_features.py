@@ -43,6 +43,8 @@ METRIC_COLUMNS = (
     "p_alive",
     "expected_purchases",
 )
+# Read even when no rule names them: days_since_activity, ltv_percentile and churn watching use them.
+ALWAYS_READ = ("days_since_start", "ltv_simple", "ltv_predicted")
 UNSATISFIED_SCORE = "bad"
 # Event kinds that do not count as engagement (a signup is the start, not activity).
 NOT_ENGAGEMENT = ("signup",)
@@ -92,7 +94,10 @@ def read_features(conn: Connection, dialect: str, rules: Iterable[Rule], as_of: 
     """Every feature the rules need, for every customer in ``customer_metrics``."""
     rules = list(rules)
     windows = needed_windows(rules)
-    base = _metrics(conn)
+    # Only the columns some rule reads (plus what derived metrics and churn watching need):
+    # reading all of them costs seconds per million customers.
+    wanted = {c.metric for rule in rules for c in rule.conditions()} | set(ALWAYS_READ)
+    base = _metrics(conn, [c for c in METRIC_COLUMNS if c in wanted])
     ids = base.pop("customer_id").astype(np.int64)
     versions = base.pop("model_version")
     stored = base.pop("tags")
@@ -234,6 +239,18 @@ def fetch_matrix(conn: Connection, sql: str, params: Mapping[str, object], width
     return np.array(rows, dtype=np.float64).reshape(len(rows), width)
 
 
+def dense_unique(values: IntArray) -> tuple[IntArray, IntArray]:
+    """``np.unique(values, return_inverse=True)`` for integers spanning a small range (periods,
+    tag bit patterns): a bincount instead of a hash or sort of millions of values."""
+    if not len(values):
+        return values, np.zeros(0, dtype=np.int64)
+    low = int(values.min())
+    offset = values - low
+    present = np.bincount(offset) > 0
+    lookup = np.cumsum(present) - 1
+    return (np.flatnonzero(present) + low).astype(np.int64), lookup[offset].astype(np.int64)
+
+
 def _grouped(
     conn: Connection, sql: str, params: Mapping[str, object], ids: IntArray, width: int
 ) -> FloatArray:
@@ -250,14 +267,14 @@ def _grouped(
     return out
 
 
-def _metrics(conn: Connection) -> dict[str, Any]:
-    cols = ", ".join(METRIC_COLUMNS)
-    sql = f"SELECT customer_id, {cols}, model_version, tags FROM customer_metrics ORDER BY customer_id"
+def _metrics(conn: Connection, columns: Sequence[str]) -> dict[str, Any]:
+    cols = "".join(f"{c}, " for c in columns)
+    sql = f"SELECT customer_id, {cols}model_version, tags FROM customer_metrics ORDER BY customer_id"
     rows = fetch_rows(conn, sql, {})
-    width = len(METRIC_COLUMNS) + 1
+    width = len(columns) + 1
     numeric = np.array([r[:width] for r in rows], dtype=np.float64).reshape(len(rows), width)
     out: dict[str, Any] = {"customer_id": numeric[:, 0]}
-    for i, name in enumerate(METRIC_COLUMNS, start=1):
+    for i, name in enumerate(columns, start=1):
         out[name] = numeric[:, i]
     out["model_version"] = [r[width] for r in rows]
     out["tags"] = [r[width + 1] for r in rows]

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, delete, select
 from ltvsync.config.settings import Settings
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
-from ltvsync.core.tag_features import Features, FloatArray, bind_time, fetch_rows, read_features
+from ltvsync.core.tag_features import Features, FloatArray, bind_time, dense_unique, fetch_rows, read_features
 from ltvsync.core.tag_rules import Condition, Rule, rules_from_settings
 
 BoolArray = NDArray[np.bool_]
@@ -40,6 +40,8 @@ WEEK_AGO_MAX_DAYS = 14
 AT_RISK_TAG = "at-risk"
 _CHUNK = 900  # SQLite's parameter limit, with room
 _DRIVER_BATCH = 50_000
+# Up to this many tags, tag sets are bit patterns in one int64 range small enough to bincount.
+DENSE_TAGS = 20
 _COMPARE: dict[str, Any] = {
     "<": np.less,
     "<=": np.less_equal,
@@ -211,7 +213,8 @@ def _membership(conn: Connection) -> dict[str, NDArray[np.int64]]:
     by_tag: dict[str, list[int]] = {}
     for cid, tag in fetch_rows(conn, "SELECT customer_id, tag FROM tag_membership", {}):
         by_tag.setdefault(tag, []).append(cid)
-    return {tag: np.unique(np.asarray(ids, dtype=np.int64)) for tag, ids in by_tag.items()}
+    # (customer_id, tag) is the primary key, so sorting is enough to make each array a set.
+    return {tag: np.sort(np.asarray(ids, dtype=np.int64)) for tag, ids in by_tag.items()}
 
 
 def _write_changes(
@@ -280,10 +283,17 @@ def tag_strings(ids: NDArray[np.int64], masks: Mapping[str, BoolArray]) -> list[
 def _tag_string_array(n: int, masks: Mapping[str, BoolArray]) -> NDArray[np.object_]:
     # Each customer's tag set as a bit pattern; only the few distinct patterns become strings.
     names = sorted(masks)
-    codes = np.zeros(n, dtype=object if len(names) > 62 else np.int64)
-    for bit, name in enumerate(names):
-        codes = codes + masks[name].astype(np.int64) * (1 << bit)
-    patterns, inverse = np.unique(codes, return_inverse=True)
+    codes = np.zeros(n, dtype=np.int64)
+    if len(names) <= DENSE_TAGS:
+        for bit, name in enumerate(names):
+            codes |= masks[name].astype(np.int64) << bit
+        patterns, inverse = dense_unique(codes)
+    else:  # too many tags for a dense bit range: rank the (sorted) membership rows instead
+        rows = np.column_stack([masks[name] for name in names])
+        unique_rows, inverse = np.unique(rows, axis=0, return_inverse=True)
+        patterns = np.array(
+            [sum(1 << b for b in np.flatnonzero(r).tolist()) for r in unique_rows], dtype=object
+        )
     texts = np.empty(len(patterns), dtype=object)
     for j, code in enumerate(patterns.tolist()):
         held = [name for bit, name in enumerate(names) if int(code) >> bit & 1]
@@ -342,7 +352,7 @@ def early_vanish(ev: Evaluator, last: int) -> dict[str, dict[str, float | int]]:
     months = np.floor(start[eligible]).astype("datetime64[D]").astype("datetime64[M]")
     vanished = ~active_late[eligible]
     out: dict[str, dict[str, float | int]] = {}
-    for month in np.unique(months)[-last:]:
+    for month in np.unique(months)[-last:]:  # a few dozen distinct months
         in_month = months == month
         n = int(in_month.sum())
         k = int(vanished[in_month].sum())

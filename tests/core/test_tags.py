@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
@@ -19,7 +20,7 @@ from ltvsync.core.models_tags import TAG_TABLE_NAMES, TAG_TABLES
 from ltvsync.core.store import Store
 from ltvsync.core.tag_features import METRIC_COLUMNS, Features
 from ltvsync.core.tag_rules import default_rules, rules_from_settings
-from ltvsync.core.tags import percentile_rank, tag_masks, tags_hook
+from ltvsync.core.tags import percentile_rank, tag_masks, tag_strings, tags_hook
 
 AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 AS_OF_DAY = AS_OF.timestamp() / 86_400.0
@@ -135,6 +136,17 @@ def test_missing_values_never_match_even_not_equal() -> None:
 def test_percentile_rank() -> None:
     assert percentile_rank(np.array([3.0, 1.0, np.nan, 2.0, 2.0])).tolist()[:2] == [100.0, 25.0]
     assert np.isnan(percentile_rank(np.array([np.nan]))[0])
+
+
+@pytest.mark.parametrize("n_tags", [3, 25])
+def test_tag_strings_sorted_and_none_when_empty(n_tags: int) -> None:
+    rng = np.random.default_rng(n_tags)
+    names = [f"t{i:02d}" for i in range(n_tags)]
+    masks = {name: rng.random(50) < 0.3 for name in reversed(names)}
+    got = tag_strings(np.arange(50, dtype=np.int64), masks)
+    for i in range(50):
+        held = [name for name in names if masks[name][i]]
+        assert got[i] == (";".join(held) if held else None)
 
 
 def test_configured_rule_overrides_default_of_same_name() -> None:
