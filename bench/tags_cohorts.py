@@ -33,6 +33,7 @@ import sqlalchemy
 from ltvsync.config.settings import Settings
 from ltvsync.core.cohorts import cohorts_hook
 from ltvsync.core.models import TABLES
+from ltvsync.core.pipeline import SyncReport
 from ltvsync.core.store import Store
 from ltvsync.core.tags import tags_hook
 
@@ -41,11 +42,6 @@ CHUNK = 100_000
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Tags and cohorts"
 KINDS = ("login", "login", "login", "page_view", "email_open", "referral", "signup")
-
-
-class Report:
-    tags: dict[str, Any]
-    cohorts: dict[str, Any]
 
 
 def generate(store: Store, n: int, seed: int = 1) -> dict[str, int]:
@@ -147,8 +143,8 @@ def generate(store: Store, n: int, seed: int = 1) -> dict[str, int]:
     return counts
 
 
-def timed(store: Store, hook: Any, as_of: datetime) -> tuple[float, Report]:
-    report = Report()
+def timed(store: Store, hook: Any, as_of: datetime) -> tuple[float, SyncReport]:
+    report = SyncReport(0, "bench")
     started = time.perf_counter()
     with store.transaction() as conn:
         hook(store, conn, Settings(), as_of, report)

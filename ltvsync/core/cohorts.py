@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +31,9 @@ from ltvsync.core.metrics import day_expr
 from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
 from ltvsync.core.tag_features import bind_time, dense_unique, fetch_matrix
+
+if TYPE_CHECKING:  # the pipeline imports the hooks through ltvsync.assemble, not the reverse
+    from ltvsync.core.pipeline import SyncReport
 
 Period = Literal["month", "week"]
 PERIODS: tuple[Period, ...] = ("month", "week")
@@ -340,7 +343,9 @@ def snapshot_date(as_of: datetime) -> date:
     return day - timedelta(days=day.weekday())
 
 
-def cohorts_hook(store: Store, conn: Connection, settings: Settings, as_of: datetime, report: Any) -> None:
+def cohorts_hook(
+    store: Store, conn: Connection, settings: Settings, as_of: datetime, report: SyncReport
+) -> None:
     """Compute month and week cohorts, keep this week's snapshot, and fill ``report.cohorts``."""
     week = snapshot_date(as_of)
     summary: dict[str, Any] = {"snapshot_date": week.isoformat()}

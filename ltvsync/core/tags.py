@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +28,9 @@ from ltvsync.core.models_tags import TAG_TABLES
 from ltvsync.core.store import Store
 from ltvsync.core.tag_features import Features, FloatArray, bind_time, dense_unique, fetch_rows, read_features
 from ltvsync.core.tag_rules import Condition, Rule, rules_from_settings
+
+if TYPE_CHECKING:  # the pipeline imports the hooks through ltvsync.assemble, not the reverse
+    from ltvsync.core.pipeline import SyncReport
 
 BoolArray = NDArray[np.bool_]
 SECONDS_PER_DAY = 86_400.0
@@ -189,7 +192,9 @@ def diff_membership(
     return changes
 
 
-def tags_hook(store: Store, conn: Connection, settings: Settings, as_of: datetime, report: Any) -> None:
+def tags_hook(
+    store: Store, conn: Connection, settings: Settings, as_of: datetime, report: SyncReport
+) -> None:
     """Compute tags, write membership changes and history, and fill ``report.tags``."""
     rules = rules_from_settings(settings.tags)
     features = read_features(conn, store.dialect, rules, as_of)

@@ -28,6 +28,7 @@ from ltvsync.core.cohorts import (
     snapshot_date,
     stored_snapshot,
 )
+from ltvsync.core.pipeline import SyncReport
 from ltvsync.core.store import Store
 
 AS_OF = datetime(2026, 6, 17, 9, 30, tzinfo=UTC)
@@ -255,14 +256,11 @@ def test_compare_around_annotation_difference_and_interval() -> None:
 def test_hook_keeps_one_snapshot_per_week_and_compares_with_last_week(store: Store) -> None:
     _world(store, n=40)
 
-    class Report:
-        cohorts: dict[str, Any]
-
-    first = Report()
+    first = SyncReport(0, "test")
     with store.transaction() as conn:
         cohorts_hook(store, conn, Settings(), AS_OF - timedelta(days=7), first)
     assert first.cohorts["ltv_predicted_avg_last_week"] is None
-    report = Report()
+    report = SyncReport(1, "test")
     for hours in (0, 5):  # two runs in one week: the later one wins
         with store.transaction() as conn:
             cohorts_hook(store, conn, Settings(), AS_OF + timedelta(hours=hours), report)

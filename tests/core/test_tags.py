@@ -17,6 +17,7 @@ from sqlmodel import SQLModel
 from ltvsync.config.settings import Settings, TagCondition, TagRule, TagSettings
 from ltvsync.core.models import TABLES
 from ltvsync.core.models_tags import TAG_TABLE_NAMES, TAG_TABLES
+from ltvsync.core.pipeline import SyncReport
 from ltvsync.core.store import Store
 from ltvsync.core.tag_features import METRIC_COLUMNS, Features
 from ltvsync.core.tag_rules import default_rules, rules_from_settings
@@ -253,12 +254,8 @@ class World:
                     self.store.upsert_many(conn, table, rows, ("source", "source_id"))
 
 
-class Report:
-    tags: dict[str, Any]
-
-
 def run_tags(store: Store, settings: Settings, as_of: datetime = AS_OF) -> dict[str, Any]:
-    report = Report()
+    report = SyncReport(0, "test")
     with store.transaction() as conn:
         tags_hook(store, conn, settings, as_of, report)
     return report.tags
