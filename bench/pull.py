@@ -265,6 +265,14 @@ def stop_sandbox(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def drop_postgres() -> None:
+    """The benchmark database holds a million rows nobody needs afterwards."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {PG_BENCH_DB} WITH (FORCE)")
+
+
 def fresh_postgres() -> str | None:
     """Drop and create the benchmark's own database; None when Postgres is not reachable."""
     try:
@@ -364,7 +372,10 @@ def main() -> None:
                 server = fresh_postgres()
                 if server is not None:
                     figures["env"]["versions"] += f", PostgreSQL {server}"
-                    pull = run_worker("--worker", "pull", "--config", config, "--store-url", PG_STORE_URL)
+                    try:
+                        pull = run_worker("--worker", "pull", "--config", config, "--store-url", PG_STORE_URL)
+                    finally:
+                        drop_postgres()
                     figures["pull"]["Postgres"] = pull
             figures["bare"].append(run_worker("--worker", "bare", "--config", config))
         finally:
