@@ -157,8 +157,9 @@ def _count(condition: str) -> str:
 
 def _event_columns(windows: set[tuple[str, int]], dialect: str) -> tuple[str, list[str]]:
     engaged = "e.kind NOT IN ('signup')"
-    last = epoch_days_expr(dialect, "e.occurred_at")
-    cols = [f"MAX(CASE WHEN {engaged} THEN {last} ELSE 0 END)", _count("e.kind = 'referral'")]
+    # Convert only each customer's latest timestamp, not every event's (NULL: no activity -> 0).
+    last = epoch_days_expr(dialect, f"MAX(CASE WHEN {engaged} THEN e.occurred_at END)")
+    cols = [last, _count("e.kind = 'referral'")]
     keys = ["_last_event", "referrals_sent"]
     kinds = {"logins_window": "login", "email_opens": "email_open", "referrals_sent": "referral"}
     for metric, w in sorted(windows):
@@ -175,8 +176,7 @@ def _event_columns(windows: set[tuple[str, int]], dialect: str) -> tuple[str, li
 
 
 def _purchase_columns(windows: set[tuple[str, int]], dialect: str) -> tuple[str, list[str]]:
-    last = epoch_days_expr(dialect, "p.purchased_at")
-    cols, keys = [f"MAX({last})"], ["_last_purchase"]
+    cols, keys = [epoch_days_expr(dialect, "MAX(p.purchased_at)")], ["_last_purchase"]
     for metric, w in sorted(windows):
         if metric == "orders":
             cols.append(_count(f"p.purchased_at >= :s{w}"))
