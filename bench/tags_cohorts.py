@@ -247,7 +247,7 @@ def _replace_section(title: str, body: list[str]) -> None:
     start = text.find(title)
     if start >= 0:
         end = text.find("\n## ", start + len(title))
-        text = text[:start] + "\n".join(lines) + (text[end + 1 :] if end >= 0 else "")
+        text = text[:start] + "\n".join(lines) + ("\n" + text[end + 1 :] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
     RESULTS.write_text(text, encoding="utf-8")
