@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Union
 
 
 class EventKind(StrEnum):
@@ -105,7 +104,7 @@ class Rejection:
     reason: str
 
 
-Record = Union[CustomerRecord, PurchaseRecord, EventRecord, TicketRecord, Deletion]
+Record = CustomerRecord | PurchaseRecord | EventRecord | TicketRecord | Deletion
 
 
 @dataclass(frozen=True, slots=True)
