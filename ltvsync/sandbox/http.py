@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -74,6 +75,17 @@ class Response:
     @classmethod
     def text(cls, text: str, status: int = 200, content_type: str = "text/plain") -> Response:
         return cls(status, text.encode(), {}, content_type)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients hanging up mid-request (timeouts, injected drops, killed processes) are normal here;
+    socketserver would print a traceback for each to stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 Handler = Callable[..., Response]
@@ -207,7 +219,7 @@ class Emulator:
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        server = _QuietServer(("127.0.0.1", port), _Handler)
         server.daemon_threads = True
         scheme = "http"
         if tls is not None:
