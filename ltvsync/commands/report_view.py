@@ -29,30 +29,21 @@ def print_report(console: Console, report: Mapping[str, Any], *, changes: bool =
     )
     streams = report.get("streams") or []
     if streams:
+        # Compact columns: the table must fit an 80-column terminal without truncating names.
         table = Table(title="Pull", title_justify="left")
-        for col in (
-            "source",
-            "stream",
-            "status",
-            "records",
-            "changed",
-            "pages",
-            "rejections",
-            "api calls",
-            "s",
-        ):
-            table.add_column(col, justify="right" if col not in ("source", "stream", "status") else "left")
+        for col in ("stream", "status", "records", "changed", "rejected", "calls", "s"):
+            table.add_column(
+                col, justify="left" if col in ("stream", "status") else "right", no_wrap=col == "stream"
+            )
         for s in streams:
             table.add_row(
-                s["source"],
-                s["stream"],
+                f"{s['source']}.{s['stream']}",
                 s["status"],
                 _fmt(s["records"]),
                 _fmt(s["changed"]),
-                _fmt(s["pages"]),
                 _fmt(s["rejections"]),
                 _fmt(s["api_calls"]),
-                _fmt(s["seconds"]),
+                _fmt(s["seconds"], 1),
             )
         console.print(table)
         for s in streams:
@@ -62,7 +53,7 @@ def print_report(console: Console, report: Mapping[str, Any], *, changes: bool =
     if ident:
         console.print(
             "Identities: "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in ident.items() if not isinstance(v, list | dict))
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in ident.items() if isinstance(v, int | float))
         )
     comp = report.get("compute") or {}
     if comp:
@@ -102,32 +93,28 @@ def print_report(console: Console, report: Mapping[str, Any], *, changes: bool =
         console.print(table)
     dests = report.get("destinations") or []
     if dests:
-        table = Table(title="Push", title_justify="left")
+        table = Table(title="Push (customers)", title_justify="left")
         for col in (
             "destination",
             "customers",
-            "unchanged",
-            "planned",
-            "ok",
+            "same",
+            "written",
             "failed",
-            "skipped edits",
-            "deferred",
-            "batches",
-            "api calls",
+            "edits",
+            "waiting",
+            "calls",
         ):
-            table.add_column(col, justify="left" if col == "destination" else "right")
+            table.add_column(col, justify="left" if col == "destination" else "right", no_wrap=True)
         for d in dests:
             name = d["destination"] + (" (dry run)" if d.get("dry_run") else "")
             table.add_row(
                 name,
                 _fmt(d["customers"]),
                 _fmt(d["unchanged"]),
-                _fmt(d["planned"]),
                 _fmt(d["ok"]),
                 _fmt(d["failed"]),
                 _fmt(d["skipped_edits"]),
                 _fmt(d["deferred"]),
-                _fmt(d["batches"]),
                 _fmt(d["api_calls"]),
             )
         console.print(table)

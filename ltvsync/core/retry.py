@@ -56,7 +56,13 @@ class RetryPolicy:
 
         def _log(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome is not None else None
-            log.warning("retrying %s (attempt %d/%d): %s", what, state.attempt_number, self.max_attempts, exc)
+            # A server that says when to come back (429 + Retry-After) is pacing us, not failing:
+            # that is routine and logged at INFO; anything else is worth a WARNING.
+            paced = isinstance(exc, TransientError) and exc.retry_after is not None
+            level = logging.INFO if paced else logging.WARNING
+            log.log(
+                level, "retrying %s (attempt %d/%d): %s", what, state.attempt_number, self.max_attempts, exc
+            )
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
