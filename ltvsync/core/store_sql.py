@@ -69,22 +69,37 @@ class UpsertPlan:
         out: list[Any] = []
         extend = out.extend
         get = itemgetter(*self.columns)
-        # Only columns whose type has a processor are touched per value; this loop is the hot
-        # path of every sync, so it avoids per-value function calls where it can.
-        typed = [(i, p) for i, p in enumerate(self.processors) if p is not None]
-        for row in rows:
-            if len(row) != ncols:
-                raise ValueError(f"row has columns {sorted(row)}, expected {sorted(self.columns)}")
-            try:
-                values = list(get(row)) if ncols > 1 else [get(row)]
-            except KeyError as exc:
-                raise ValueError(f"row lacks column {exc}, expected {sorted(self.columns)}") from None
-            for i, p in typed:
-                v = values[i]
-                if v is not None:
-                    values[i] = p(v)
-            extend(values)
+        # This is the hot path of every sync: rows are flattened first, then each typed column is
+        # processed as one slice (a list comprehension per column, not a Python loop per value).
+        try:
+            if ncols > 1:
+                for row in rows:
+                    if len(row) != ncols:
+                        raise ValueError(f"row has columns {sorted(row)}, expected {sorted(self.columns)}")
+                    extend(get(row))
+            else:
+                for row in rows:
+                    if len(row) != ncols:
+                        raise ValueError(f"row has columns {sorted(row)}, expected {sorted(self.columns)}")
+                    out.append(get(row))
+        except KeyError as exc:
+            raise ValueError(f"row lacks column {exc}, expected {sorted(self.columns)}") from None
+        for i, p in enumerate(self.processors):
+            if p is None:
+                continue
+            column = out[i::ncols]
+            if p is _without_nul and not _has_nul(column):
+                continue  # the usual case: no NUL anywhere in this column, nothing to replace
+            out[i::ncols] = [v if v is None else p(v) for v in column]
         return out
+
+
+def _has_nul(values: list[Any]) -> bool:
+    """Whether any str in ``values`` holds a NUL, checked in C when the column is all str/None."""
+    try:
+        return "\x00" in "".join(filter(None, values))
+    except TypeError:  # a non-str value among them: check one by one
+        return any(isinstance(v, str) and "\x00" in v for v in values)
 
 
 def make_plan(
