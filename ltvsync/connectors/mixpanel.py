@@ -112,6 +112,27 @@ def _scalar(value: Any) -> Scalar:
     return json.dumps(value, default=str, sort_keys=True)  # lists/objects kept, as JSON text
 
 
+# Exact types that pass ``_scalar`` unchanged: checked with one set lookup per value, the
+# conversion runs per exported event (hundreds of thousands per backfill).
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
+def _scalar_properties(props: Mapping[str, Any]) -> dict[str, Scalar]:
+    """``{str(k): _scalar(v)}``, without a call per property in the usual all-scalar case."""
+    plain = _PLAIN_TYPES
+    if all(type(k) is str and type(v) in plain for k, v in props.items()):
+        return dict(props)
+    return {str(k): _scalar(v) for k, v in props.items()}
+
+
+def _referred(props: Mapping[str, Any]) -> str | None:
+    for prop in REFERRED_PROPERTIES:
+        value = props.get(prop)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
 def convert_event(
     raw: Mapping[str, Any],
     settings: MixpanelSettings,
@@ -120,20 +141,32 @@ def convert_event(
     default_currency: str | None,
 ) -> tuple[list[Record], list[Rejection]]:
     """One exported event → an EventRecord, plus a PurchaseRecord (or Rejection) for purchases."""
+    return _convert_event(raw, None, settings, currencies, default_currency)
+
+
+def _convert_event(
+    raw: Mapping[str, Any],
+    occurred_at: datetime | None,
+    settings: MixpanelSettings,
+    currencies: frozenset[str] | None,
+    default_currency: str | None,
+) -> tuple[list[Record], list[Rejection]]:
+    """``convert_event`` given the event time when already parsed (the export parses it to file
+    the event under its day), so each event's time is parsed once."""
     try:
         props = _properties(raw)
         name = raw["event"]
         distinct_id = props["distinct_id"]
         if not isinstance(name, str) or not name or distinct_id in (None, ""):
             raise ValueError("event name or distinct_id missing")
-        occurred_at = _event_time(props)
+        if occurred_at is None:
+            occurred_at = _event_time(props)
     except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
         return [], [reject(EVENTS_STREAM, raw, f"bad event: {type(exc).__name__}: {exc}")]
     distinct = str(distinct_id)
     source_id = insert_id(name, distinct, props)
     kind_name = settings.events.get(name, EventKind.CUSTOM.value)
     kind = EventKind(kind_name) if kind_name in EventKind._value2member_map_ else EventKind.CUSTOM
-    referred = next((str(props[p]) for p in REFERRED_PROPERTIES if props.get(p) not in (None, "")), None)
     event = EventRecord(
         source=SOURCE,
         source_id=source_id,
@@ -141,8 +174,8 @@ def convert_event(
         kind=kind,
         name=name,
         occurred_at=occurred_at,
-        properties={str(k): _scalar(v) for k, v in props.items()},
-        referred=referred if kind is EventKind.REFERRAL else None,
+        properties=_scalar_properties(props),
+        referred=_referred(props) if kind is EventKind.REFERRAL else None,
     )
     if kind is not EventKind.PURCHASE:
         return [event], []
@@ -403,20 +436,20 @@ class MixpanelSource:
         body = self._request(self.client.raw_api, "export", params)
         by_day: dict[date, tuple[list[Record], list[Rejection]]] = {}
         stray: list[Rejection] = []
+        settings, currencies, default_currency = self.settings, self.currencies, self.default_currency
         for line in body.splitlines():
             if not line.strip():
                 continue
             try:
                 raw = json.loads(line)
-                when = event_day(raw)
+                occurred_at = _event_time(_properties(raw))
+                when = occurred_at.date()
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 stray.append(reject(EVENTS_STREAM, line, f"unreadable event: {type(exc).__name__}: {exc}"))
                 continue
             # Events outside the window (project timezone skew) are filed under its nearest day.
             bucket = by_day.setdefault(min(max(when, first), last), ([], []))
-            records, rejections = convert_event(
-                raw, self.settings, currencies=self.currencies, default_currency=self.default_currency
-            )
+            records, rejections = _convert_event(raw, occurred_at, settings, currencies, default_currency)
             bucket[0].extend(records)
             bucket[1].extend(rejections)
         return by_day, stray
