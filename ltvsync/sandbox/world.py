@@ -5,8 +5,10 @@ transaction rate lambda ~ Gamma(r, alpha) per week, and after each repeat purcha
 out with probability p ~ Beta(a, b).  Spend per transaction follows Gamma-Gamma (Fader & Hardie 2013):
 nu ~ Gamma(q, gamma), z ~ Gamma(p, nu), so E[z] = p*gamma/(q-1).  Behaviour follows state: alive
 customers log in, view pages and open e-mails (Poisson processes); a dying customer's activity fades
-over the weeks before the death time.  Everything is drawn with numpy in bulk, so 100,000 customers
-take seconds.
+over the weeks before the death time.  History is sparse (a login every few months), but in the last
+``recent_weeks`` before ``as_of`` customers log in habitually (about weekly, some far more, some less),
+as users of a live product do, so recent-activity tags such as ``engaged`` have something to find.
+Everything is drawn with numpy in bulk, so 100,000 customers take seconds.
 
 Wire formats follow /work/shared/docs/API-REFERENCE.md: Salesforce records (§1, 18-character ids,
 ``YYYY-MM-DDTHH:MM:SS.000+0000``), Mixpanel export/engage JSON (§2.3, §2.4), Zendesk ticket/user JSON
@@ -51,7 +53,17 @@ class WorldParams:
     prospect_share: float = 0.1  # Mixpanel-only sign-ups who never bought
     referral_share: float = 0.05  # customers who arrived through a referral
     onboarding_share: float = 0.7
-    login_rate: float = 0.08  # mean logins per week while active
+    login_rate: float = 0.08  # mean logins per week while active, over the whole history
+    # Habitual logins in the last weeks before as_of only: a full history at this rate would be tens of
+    # millions of events at 100k customers; a recent window costs about mixpanel_share x alive share x
+    # recent_weeks x recent_login_rate events per customer (~8 at the defaults).  The window spans more
+    # than the two 30-day windows the at-risk login trend compares, so the step up at its start is not
+    # read as a rising trend.
+    recent_weeks: float = 9.0
+    recent_login_rate: float = 1.25  # mean logins per week in that window while active
+    # Gamma shape of the per-customer recent rate: 1 (exponential) gives many light users and a tail of
+    # power users logging in several times a week.
+    recent_login_shape: float = 1.0
     page_view_rate: float = 0.04
     email_open_rate: float = 0.03
     fade_weeks: float = 6.0  # activity fades linearly over this many weeks before death

@@ -4,7 +4,9 @@ Event shapes follow Mixpanel raw export and engage (API-REFERENCE §2.3, §2.4);
 follow Zendesk incremental exports (§4.2; ``metric_set`` mirrors the Ticket Metrics API fields
 ``reply_time_in_minutes`` / ``full_resolution_time_in_minutes``).  Activity is a Poisson process per
 person between sign-up and death (or ``as_of``), thinned linearly over the last ``fade_weeks`` before
-death so churn is visible in behaviour before it shows in purchases.
+death so churn is visible in behaviour before it shows in purchases.  Logins have a second, denser
+process over the last ``recent_weeks`` before ``as_of`` (habitual use of a live product), thinned the
+same way, so nobody logs in after death and dying customers' logins fade there too.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ def mixpanel(
         parts_owner.append(owner)
         parts_time.append(t)
         parts_kind.append(np.full(len(owner), kind_no, dtype=np.int64))
+    owner, t = _recent_logins(rng, prm, signup, end, death, now)
+    parts_owner.append(owner)
+    parts_time.append(t)
+    parts_kind.append(np.full(len(owner), 2, dtype=np.int64))
     ref_owner, ref_time, ref_target = _referrals(rng, prm, signup[: len(in_mp)])
     parts_owner.append(ref_owner)
     parts_time.append(ref_time)
@@ -134,6 +140,21 @@ def mixpanel(
         for i in range(m)
     ]
     return events, profiles
+
+
+def _recent_logins(
+    rng: np.random.Generator,
+    prm: WorldParams,
+    signup: np.ndarray,
+    end: np.ndarray,
+    death: np.ndarray,
+    now: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Habitual logins in the last ``recent_weeks`` before ``now``, per-person rate Gamma-distributed."""
+    start = np.maximum(signup, now - prm.recent_weeks * WEEK)
+    shape = prm.recent_login_shape
+    rate = rng.gamma(shape, prm.recent_login_rate / shape, len(signup))
+    return _poisson_times(rng, start, end, death, rate, prm.fade_weeks)
 
 
 def _referrals(

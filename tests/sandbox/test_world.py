@@ -187,27 +187,101 @@ def test_mean_spend_matches_gamma_gamma(world: World) -> None:
 
 # -- behaviour ------------------------------------------------------------------------------------
 def _logins_by_customer(w: World) -> dict[int, list[int]]:
+    """Login times per customer index, each event once (duplicate-event dirt repeats an insert id)."""
     index = {did: i for i, did in enumerate(w.truth.distinct_id) if did is not None}
     out: dict[int, list[int]] = defaultdict(list)
+    seen: set[str] = set()
     for ev in w.mixpanel_events:
-        if ev["event"] == "Login" and ev["properties"]["distinct_id"] in index:
-            out[index[ev["properties"]["distinct_id"]]].append(ev["properties"]["time"])
+        props = ev["properties"]
+        if ev["event"] == "Login" and props["distinct_id"] in index and props["$insert_id"] not in seen:
+            seen.add(props["$insert_id"])
+            out[index[props["distinct_id"]]].append(props["time"])
     return out
 
 
-def test_no_activity_after_death_and_logins_fade_before_it(world: World) -> None:
+def _recent_start(w: World) -> float:
+    return AS_OF.timestamp() - w.truth.params.recent_weeks * WEEK
+
+
+def _fade_counts(
+    w: World, logins: dict[int, list[int]], dying: np.ndarray, early_weeks: float
+) -> tuple[int, int]:
+    """Logins of ``dying`` customers in the last two weeks before death, and in the two weeks
+    ``early_weeks`` before death (before the linear fade has taken much)."""
+    late = early = 0
+    for i in np.flatnonzero(dying):
+        d = w.truth.death[i]
+        times = logins.get(int(i), [])
+        late += sum(1 for x in times if d - 2 * WEEK <= x < d)
+        early += sum(1 for x in times if d - early_weeks * WEEK <= x < d - (early_weeks - 2) * WEEK)
+    return late, early
+
+
+def test_no_activity_before_signup_or_after_death(world: World) -> None:
     t = world.truth
     logins = _logins_by_customer(world)
-    late = early = 0
+    assert len(logins) > 0.5 * N
     for i, times in logins.items():
         assert max(times) < t.death[i], "a customer logged in after dying"
-        if not t.alive[i] and t.death[i] - t.signup[i] > 12 * WEEK:
-            d = t.death[i]
-            late += sum(1 for x in times if d - 2 * WEEK <= x < d)
-            early += sum(1 for x in times if d - 12 * WEEK <= x < d - 10 * WEEK)
+        assert min(times) >= int(t.signup[i]), "a customer logged in before signing up"
+
+
+def test_historical_logins_fade_before_death(world: World) -> None:
+    t = world.truth
+    # Deaths before the recent window: only the sparse historical process is involved.
+    dying = ~t.alive & (t.death - t.signup > 12 * WEEK) & (t.death < _recent_start(world))
+    late, early = _fade_counts(world, _logins_by_customer(world), dying, early_weeks=12)
     assert early > 50
     # Linear fade over 6 weeks: the last two weeks keep ~1/6 of the rate, ten weeks out keeps all of it.
     assert late < 0.4 * early
+
+
+def test_recent_logins_fade_before_a_death_inside_the_window(world: World) -> None:
+    t = world.truth
+    # Deaths at least six weeks into the recent window, so both counting windows lie inside it.
+    dying = ~t.alive & (t.death >= _recent_start(world) + 6 * WEEK) & (t.signup < _recent_start(world))
+    late, early = _fade_counts(world, _logins_by_customer(world), dying, early_weeks=6)
+    assert early > 100
+    # Fade kept: (1 - t/6) averages 5/6 from six to four weeks out and 1/6 over the last two weeks.
+    assert late < 0.4 * early
+
+
+def _expected_engaged_share(prm: WorldParams, rng: np.random.Generator, draws: int = 400_000) -> float:
+    """P(>= 4 logins in 30 days) for a customer alive throughout, by independent simulation of the
+    two login processes (historical rate Gamma(2, login_rate/2), recent rate Gamma(shape, mean/shape))."""
+    shape = prm.recent_login_shape
+    rate = rng.gamma(2.0, prm.login_rate / 2.0, draws) + rng.gamma(
+        shape, prm.recent_login_rate / shape, draws
+    )
+    return float(np.mean(rng.poisson(rate * 30 / 7) >= 4))
+
+
+def test_customers_alive_through_the_last_30_days_log_in_habitually(world: World) -> None:
+    t = world.truth
+    now = AS_OF.timestamp()
+    logins = _logins_by_customer(world)
+    in_mp = np.array([d is not None for d in t.distinct_id])
+    # Alive with no fade (death six or more weeks after as_of), signed up before the 30 days.
+    steady = in_mp & (t.death >= now + t.params.fade_weeks * WEEK) & (t.signup <= now - 30 * 86400)
+    recent = np.array([sum(1 for x in logins.get(i, []) if x >= now - 30 * 86400) for i in range(N)])
+    share = float(np.mean(recent[steady] >= 4))
+    expected = _expected_engaged_share(t.params, np.random.default_rng(5))
+    _within(share, expected, math.sqrt(expected * (1 - expected) / int(steady.sum())))
+    assert share > 0.3  # the "engaged" tag (>= 4 logins in 30 days) finds a good share of live users
+    dead = ~t.alive & (t.death < now - 30 * 86400)
+    assert not recent[dead].any()
+
+
+def test_recent_login_rate_drives_recent_logins() -> None:
+    now = AS_OF.timestamp()
+    quiet = generate_world(2000, seed=2, as_of=AS_OF, params=WorldParams(recent_login_rate=0.0))
+    busy = generate_world(2000, seed=2, as_of=AS_OF)
+    counts = []
+    for w in (quiet, busy):
+        logins = _logins_by_customer(w)
+        counts.append(sum(1 for times in logins.values() for x in times if x >= now - 30 * 86400))
+    # Without the recent process only the sparse historical one remains (~0.08 per week).
+    assert counts[1] > 10 * counts[0]
 
 
 def test_coverage_across_systems(world: World) -> None:
