@@ -12,8 +12,8 @@ Default rules (on when ``tags.use_defaults``; a configured rule with the same na
   ``frequency >= 4``/year and ``referrals_sent >= 1``.
 - ``one-time-buyer``: ``orders == 1`` and ``days_since_start > tags.one_time_buyer_after_days``.
 - ``referrer``: ``referrals_sent >= 1``.
-- ``at-risk``: ``ltv_simple`` above the median and (``p_alive < 0.5`` or logins in the last 30
-  days at most half of the 30 days before, ``logins_trend <= 0.5``).
+- ``at-risk``: ``ltv_simple`` above the median and (``p_alive < 0.5`` or a login habit that
+  halved: 4+ logins in the 30 days before the last 30, and ``logins_trend <= 0.5``).
 - ``early-churn-risk``: ``days_since_start < 30`` and no engaged event in the last 7 days.
 - ``churned``: ``p_alive < 0.15`` or ``days_since_activity > tags.churned_after_days``.
 - ``new``: ``days_since_start < 30``.
@@ -68,6 +68,7 @@ HIGH_VALUE_PERCENTILE = 90.0
 HIGH_FREQUENCY_PER_YEAR = 4.0
 AT_RISK_P_ALIVE = 0.5
 AT_RISK_LOGIN_TREND = 0.5
+AT_RISK_MIN_PREVIOUS_LOGINS = 4.0
 CHURNED_P_ALIVE = 0.15
 NEW_CUSTOMER_DAYS = 30.0
 EARLY_ENGAGEMENT_WINDOW_DAYS = 7
@@ -166,7 +167,20 @@ def default_rules(tags: TagSettings) -> list[Rule]:
             all=(c("ltv_simple", ">", percentile=50),),
             any=(
                 c("p_alive", "<", AT_RISK_P_ALIVE),
-                c("logins_trend", "<=", AT_RISK_LOGIN_TREND, window_days=DEFAULT_WINDOW_DAYS),
+                # "Halved" only means something for a habit: 1 login after 2 is noise.
+                Rule(
+                    "logins-halved",
+                    "A login habit (4+ in the previous 30 days) that halved in the last 30",
+                    all=(
+                        c(
+                            "logins_prev_window",
+                            ">=",
+                            AT_RISK_MIN_PREVIOUS_LOGINS,
+                            window_days=DEFAULT_WINDOW_DAYS,
+                        ),
+                        c("logins_trend", "<=", AT_RISK_LOGIN_TREND, window_days=DEFAULT_WINDOW_DAYS),
+                    ),
+                ),
             ),
         ),
         Rule(

@@ -94,15 +94,16 @@ def test_at_risk_valuable_and_fading() -> None:
     )
     # 40: p_alive < 0.5; 50: p_alive 0.5 but logins 5/10 = 0.5 (<= 0.5); 60: 5/9 > 0.5, alive.
     assert masks_for("at-risk", f) == [False, False, False, True, True, False]
-    # No logins before: no trend, so only P(alive) can make a customer at risk.
+    # No logins before: no trend, so only P(alive) can make a customer at risk.  A "halving" from
+    # fewer than 4 earlier logins (1 -> 0) is noise, not a fading habit; 4 -> 0 is.
     g = features(
-        4,
-        ltv_simple=[1, 1, 50, 50],
-        p_alive=[0.9] * 4,
-        logins_window__30=[0] * 4,
-        logins_prev_window__30=[0, 0, 0, 1],
+        5,
+        ltv_simple=[1, 1, 1, 50, 50],  # median 1: only the last two are valuable
+        p_alive=[0.9] * 5,
+        logins_window__30=[0] * 5,
+        logins_prev_window__30=[0, 0, 0, 3, 4],
     )
-    assert masks_for("at-risk", g) == [False, False, False, True]
+    assert masks_for("at-risk", g) == [False, False, False, False, True]
 
 
 def test_early_churn_risk_and_new() -> None:
