@@ -74,7 +74,8 @@ Scalar = str | float | int | bool | None
 
 # The C scanner behind ``json.loads``, called directly for the usual one-object line (saves the
 # wrapper's per-call checks on every exported event); anything else goes through ``json.loads``.
-_scan_object: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_ScanOnce = Callable[[str, int], tuple[Any, int]]
+_scan_object: _ScanOnce = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def parse_line(line: str) -> Any:
