@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from ltvsync.config.settings import MixpanelSettings
 from ltvsync.connectors.base import Source
-from ltvsync.connectors.mixpanel import MixpanelSource
+from ltvsync.connectors.mixpanel import MixpanelSource, parse_line
 from ltvsync.core.errors import AuthError, TransientError
 from ltvsync.core.records import CustomerRecord, EventKind, EventRecord, Page, PurchaseRecord
 from ltvsync.core.retry import RetryPolicy
@@ -351,3 +351,39 @@ def test_engage_stops_on_total_or_short_page(
     assert sorted(r.source_id for p in pages for r in p.records) == ["p0-0", "p0-1", "p1-0", "p1-1"]
     assert pages[-1].cursor == "2024-05-02T08:00:00+00:00"
     assert all(p.cursor is None for p in pages[:-1])
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"event": "Login", "properties": {"time": 1, "distinct_id": "u1", "$insert_id": "a"}}',
+        '{"event":"x","properties":{"nested":{"a":[1,2.5,null,true]},"s":"caf\\u00e9 \\"q\\""}}',
+        '{"event": "x", "properties": {}}  ',
+        '{"a": 1} {"b": 2}',
+        '{"a": NaN}',
+        "[1, 2]",
+        "{not json",
+        "",
+    ],
+)
+def test_parse_line_equals_json_loads_including_its_errors(line: str) -> None:
+    try:
+        expected: Any = json.loads(line)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as caught:
+            parse_line(line)
+        assert str(caught.value) == str(exc)
+    else:
+        assert parse_line(line) == expected
+
+
+def test_an_event_time_out_of_range_is_quarantined_not_a_crash(fake: FakeMixpanel) -> None:
+    d = date(2024, 5, 1)
+    good = event("Login", "u1", ts(d), "ok")
+    absurd = event("Login", "u2", 10**20, "absurd")
+    fake.replies[EXPORT] = [(200, jsonl(good, absurd))]
+    pages = list(source(fake, date(2024, 5, 2)).read("events", None))
+    records = [r.source_id for p in pages for r in p.records]
+    rejected = [r for p in pages for r in p.rejections]
+    assert records == ["ok"]
+    assert len(rejected) == 1 and "absurd" in rejected[0].payload and rejected[0].reason
